@@ -1,0 +1,123 @@
+"""The generative linker (GEMEL): retrieved demonstrations in a prompt, and an LLM that writes
+the entity name under a prefix-trie constraint, so every answer is a name of the KB.
+
+One front door, ReFinED-style: `GenerativeLinker.from_pretrained(kb, ...)` then `link(mentions)`
+or `process_text(text, mention)`, returning typed `LinkResult`s with scores and the top-k.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ..backends import Backend, end_token_for, load_backend
+from ..datasets.spans import locate
+from ..errors import RecordError
+from ..kb import KnowledgeBase
+from ..prompting import DEFAULT_PROMPT, Demonstration, PromptTemplate
+from ..retrieval import DemoRetriever, demonstration_pool, make_retriever
+from ..schema import Candidate, LinkResult, Mention
+from ..trie import Trie, name_trie
+
+
+@dataclass
+class GenerativeConfig:
+    """Settings of the generative linker (the CLI flags of `gen-linker link` map onto these)."""
+
+    num_demos: int = 16
+    retriever: str = "simcse"         # simcse | bm25 | random | none
+    num_beams: int = 5
+    top_k: int | None = None          # names returned per mention; default num_beams
+    prompt: str = DEFAULT_PROMPT
+    max_new_tokens: int = 64
+    max_prompt_tokens: int = 2048     # drop the least similar demonstrations beyond this
+    batch_size: int = 16              # prompts per forward pass (sorted by length: less padding)
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class GenerativeLinker:
+    name = "generative"
+
+    def __init__(self, kb: KnowledgeBase, backend: Backend, retriever: DemoRetriever,
+                 config: GenerativeConfig | None = None) -> None:
+        self.kb, self.backend, self.retriever = kb, backend, retriever
+        self.config = config or GenerativeConfig()
+        self.template = PromptTemplate.load(self.config.prompt)
+        self.end_token = end_token_for(backend.tokenizer, self.template.name_end)
+        self._trie: Trie | None = None
+
+    @classmethod
+    def from_pretrained(cls, kb: KnowledgeBase | str | Path, llm: str | None = None, *,
+                        backend: str | Backend = "hf", demos: Iterable[Mention] | None = None,
+                        config: GenerativeConfig | None = None, encoder: str | None = None,
+                        show_progress: bool = False) -> "GenerativeLinker":
+        """Build a linker: `kb` (object, folder or entities JSONL), the LLM by name or path,
+        and optional training mentions with gold ids to retrieve demonstrations from."""
+        config = config or GenerativeConfig()
+        kb = kb if isinstance(kb, KnowledgeBase) else KnowledgeBase.open(kb)
+        pool = demonstration_pool(demos or [], kb)
+        kind = config.retriever if pool and config.num_demos > 0 else "none"
+        retriever = make_retriever(kind, pool, encoder=encoder, seed=config.seed, show_progress=show_progress)
+        engine = load_backend(backend, llm) if isinstance(backend, str) else backend
+        return cls(kb, engine, retriever, config)
+
+    @property
+    def trie(self) -> Trie:
+        """The KB's name trie for this LLM's tokenizer, built once and cached beside the KB."""
+        if self._trie is None:
+            self._trie = name_trie(self.kb.names(), self.backend.tokenizer, self.end_token,
+                                   cache_dir=self.kb.cache_dir(), key=self.kb.fingerprint)
+        return self._trie
+
+    # ----------------------------------------------------------------------------- prompts
+    def prompts(self, mentions: Sequence[Mention]) -> list[list[int]]:
+        """Token ids of each mention's prompt, with its retrieved demonstrations."""
+        demos = self.retriever.retrieve(mentions, self.config.num_demos)
+        return [self._prompt_ids(m, d) for m, d in zip(mentions, demos)]
+
+    def _prompt_ids(self, mention: Mention, demos: list[Demonstration]) -> list[int]:
+        tok = self.backend.tokenizer
+        while True:
+            ids = tok(self.template.render(mention.text, mention.mention, demos))["input_ids"]
+            if len(ids) <= self.config.max_prompt_tokens or not demos:
+                return ids
+            demos = demos[1:]  # the least similar goes first
+
+    # ----------------------------------------------------------------------------- linking
+    def link(self, mentions: Sequence[Mention]) -> list[LinkResult]:
+        """Link mentions, in order. Prompts are grouped by length into batches of
+        `config.batch_size` so that little of a batch is padding."""
+        prompts = self.prompts(mentions)
+        order = sorted(range(len(mentions)), key=lambda i: len(prompts[i]))
+        results: list[LinkResult | None] = [None] * len(mentions)
+        size = max(1, self.config.batch_size)
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            hyps = self.backend.constrained_beam_search(
+                [prompts[i] for i in chunk], self.trie, self.config.num_beams, self.config.top_k,
+                self.config.max_new_tokens)
+            for i, h in zip(chunk, hyps):
+                results[i] = self._result(mentions[i], h)
+        return results  # type: ignore[return-value]
+
+    def _result(self, mention: Mention, hyps) -> LinkResult:
+        names = self.kb.names()
+        cands = [Candidate(eid, names[h.value], h.score)
+                 for h in hyps for eid in self.kb.ids_for_name(names[h.value])]
+        if not cands:
+            return LinkResult(mention.id, None, None, None, [], self.name)
+        best = cands[0]
+        return LinkResult(mention.id, best.entity_id, best.name, best.score, cands, self.name)
+
+    def process_text(self, text: str, mention: str, start: int | None = None,
+                     end: int | None = None, mention_id: str = "0") -> LinkResult:
+        """Link one mention of `text` (its offsets are found when not given)."""
+        if start is None or end is None:
+            span = locate(text, mention)
+            if span is None:
+                raise RecordError(f"mention {mention!r} is not found in the text {text[:80]!r}")
+            start, end = span
+        return self.link([Mention(mention_id, text, mention, start, end)])[0]
