@@ -50,23 +50,22 @@ class ConstrainedBeams:
         Returns (parent_rows, new_tokens) of the new live beams, in row order: the backend
         reorders its KV cache by `parent_rows` and feeds `new_tokens` next.
         """
-        allowed = self.allowed()
-        by_owner: dict[int, list[tuple[float, int, int]]] = {}
-        for row, (beam, toks, lp) in enumerate(zip(self.live, allowed, logprobs)):
+        by_owner: dict[int, list[tuple[float, int, int, int]]] = {}
+        for row, (beam, lp) in enumerate(zip(self.live, logprobs)):
+            toks, nodes = self.trie.children(beam.state)
             scores = beam.score + np.asarray(lp, dtype=np.float64)
             bucket = by_owner.setdefault(beam.owner, [])
-            bucket.extend(zip(scores.tolist(), [row] * len(toks), toks.tolist()))
+            bucket.extend(zip(scores.tolist(), [row] * len(toks), toks.tolist(), nodes.tolist()))
 
         new_live: list[_Beam] = []
         parents: list[int] = []
         for owner, cands in by_owner.items():
             cands.sort(key=lambda c: -c[0])
             kept = 0
-            for score, row, tok in cands:
+            for score, row, tok, state in cands:
                 if kept >= self.num_beams and not self._could_finish(owner, score):
                     break
                 parent = self.live[row]
-                state = self.trie.step(parent.state, tok)
                 if tok == self.trie.end_token:
                     self._finish(owner, Hypothesis(self.trie.value(state), parent.tokens + (tok,), score))
                 elif kept < self.num_beams:

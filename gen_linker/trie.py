@@ -35,6 +35,7 @@ class Trie:
         self.leaf_value = leaf_value        # int32 [n_leaves]: index of the name in the build list
         self.end_token = int(end_token)
         self._end = np.array([self.end_token], dtype=np.int32)
+        self._dead = np.array([DEAD], dtype=np.int32)
 
     # ----------------------------------------------------------------------------- build
     @classmethod
@@ -108,6 +109,15 @@ class Trie:
             return self._end
         lo, hi = self.child_start[state], self.child_start[state + 1]
         return self.child_token[lo:hi] if hi > lo else self._end
+
+    def children(self, state: int) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens, next states) of `state`, aligned: what a beam needs to extend itself with
+        no search at all. A finished or dead state has one child: the end token, to DEAD."""
+        if state >= 0:
+            lo, hi = self.child_start[state], self.child_start[state + 1]
+            if hi > lo:
+                return self.child_token[lo:hi], self.child_node[lo:hi]
+        return self._end, self._dead
 
     def step(self, state: int, token: int) -> int:
         """The state after `token`, or DEAD if the token leaves the trie."""

@@ -83,7 +83,8 @@ class HFBackend:
         # 1. Prefill every prompt once; keep its KV cache and last-position log-probs.
         embeds, mask = self._batch(prompts)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1)   # the LM head only where the name starts
         cache, logp = out.past_key_values, torch.log_softmax(out.logits[:, -1].float(), dim=-1).numpy()
         prompt_len = mask.sum(-1)                         # a beam token's position: prompt_len + depth
         beams = ConstrainedBeams(trie, len(prompts), num_beams, top_k)
