@@ -102,6 +102,7 @@ def _link_chunk(linker: Linker, chunk: list[tuple[int, Mention | RecordError]], 
 def _chunks(records: Iterable[Mention | RecordError], size: int, skip: list[str],
             summary: BatchSummary) -> Iterator[list[tuple[int, Mention | RecordError]]]:
     chunk: list[tuple[int, Mention | RecordError]] = []
+    n_mentions = 0
     for index, rec in enumerate(records, 1):
         if index <= len(skip):
             rid = rec.id if isinstance(rec, Mention) else (rec.record_id or str(index))
@@ -111,9 +112,10 @@ def _chunks(records: Iterable[Mention | RecordError], size: int, skip: list[str]
             summary.resumed += 1
             continue
         chunk.append((index, rec))
-        if len([r for _, r in chunk if isinstance(r, Mention)]) >= size:
+        n_mentions += isinstance(rec, Mention)
+        if n_mentions >= size:
             yield chunk
-            chunk = []
+            chunk, n_mentions = [], 0
     if chunk:
         yield chunk
 
