@@ -55,20 +55,37 @@ class HFBackend:
             ids = torch.as_tensor(list(token_ids), dtype=torch.long, device=self.device)
             return self._embedding(ids)
 
-    def _batch(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded input embeddings `[B, T, H]` and attention mask `[B, T]`."""
+    # ------------------------------------------------------------------------- decoding
+    def _prefill(self, prompts: Sequence[Prompt]):
+        """Prefill each prompt on its own (no padding to compute, causal fast path: ~20% faster
+        than one padded batch here), then lay the caches out left-padded in one batch cache.
+
+        Returns (cache, mask [B, T], last-position logits [B, V]).
+        """
+        from transformers import DynamicCache
+
         embeds = [p.to(self.device, self._embedding.weight.dtype) if isinstance(p, torch.Tensor)
                   else self.embed(p) for p in prompts]
         width = max(e.shape[0] for e in embeds)
-        hidden = embeds[0].shape[1]
-        batch = embeds[0].new_zeros((len(embeds), width, hidden))
         mask = torch.zeros((len(embeds), width), dtype=torch.long, device=self.device)
+        layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        last = []
         for i, e in enumerate(embeds):
-            batch[i, width - e.shape[0]:] = e
-            mask[i, width - e.shape[0]:] = 1
-        return batch, mask
+            out = self.model(inputs_embeds=e[None], use_cache=True, logits_to_keep=1)
+            last.append(out.logits[0, -1])
+            start = width - e.shape[0]
+            mask[i, start:] = 1
+            for li, layer in enumerate(out.past_key_values.layers):
+                if i == 0:
+                    shape = (len(embeds), layer.keys.shape[1], width, layer.keys.shape[3])
+                    layers.append((layer.keys.new_zeros(shape), layer.values.new_zeros(shape)))
+                layers[li][0][i, :, start:] = layer.keys[0]
+                layers[li][1][i, :, start:] = layer.values[0]
+        cache = DynamicCache()
+        for li, (k, v) in enumerate(layers):
+            cache.update(k, v, li)
+        return cache, mask, torch.stack(last)
 
-    # ------------------------------------------------------------------------- decoding
     @torch.no_grad()
     def constrained_beam_search(self, prompts: Sequence[Prompt], trie: Trie, num_beams: int,
                                 top_k: int | None = None, max_new_tokens: int = 64) -> list[list[Hypothesis]]:
@@ -81,11 +98,8 @@ class HFBackend:
         if not prompts:
             return []
         # 1. Prefill every prompt once; keep its KV cache and last-position log-probs.
-        embeds, mask = self._batch(prompts)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-                         logits_to_keep=1)   # the LM head only where the name starts
-        cache, logp = out.past_key_values, torch.log_softmax(out.logits[:, -1].float(), dim=-1).numpy()
+        cache, mask, last_logits = self._prefill(prompts)
+        logp = torch.log_softmax(last_logits.float(), dim=-1).numpy()
         prompt_len = mask.sum(-1)                         # a beam token's position: prompt_len + depth
         beams = ConstrainedBeams(trie, len(prompts), num_beams, top_k)
         paths: list[list[int]] = [[] for _ in prompts]    # per live beam: cache columns of its tokens
