@@ -99,8 +99,8 @@ class HFBackend:
             return []
         # 1. Prefill every prompt once; keep its KV cache and last-position log-probs.
         cache, mask, last_logits = self._prefill(prompts)
-        logp = torch.log_softmax(last_logits.float(), dim=-1).numpy()
-        prompt_len = mask.sum(-1)                         # a beam token's position: prompt_len + depth
+        logp = torch.log_softmax(last_logits.float(), dim=-1).cpu().numpy()
+        prompt_len = mask.sum(-1).tolist()                # a beam token's position: prompt_len + depth
         beams = ConstrainedBeams(trie, len(prompts), num_beams, top_k)
         paths: list[list[int]] = [[] for _ in prompts]    # per live beam: cache columns of its tokens
         for _ in range(max_new_tokens):
@@ -116,7 +116,7 @@ class HFBackend:
             ids = torch.zeros((len(prompts), n_q), dtype=torch.long)
             pos = torch.zeros((len(prompts), n_q), dtype=torch.long)
             attend = torch.zeros((len(prompts), 1, n_q, width + n_q), dtype=torch.bool)
-            attend[:, 0, :, :width] = mask[:, None, :].bool()          # everyone sees its prompt...
+            attend[:, 0, :, :width] = mask[:, None, :].bool().cpu()        # everyone sees its prompt...
             attend[:, 0, torch.arange(n_q), width + torch.arange(n_q)] = True   # ...and itself
             new_paths = []
             for r, (m, k) in enumerate(zip(owners, slot)):
@@ -129,8 +129,8 @@ class HFBackend:
             out = self.model(input_ids=ids.to(self.device), attention_mask=attend.to(self.device),
                              position_ids=pos.to(self.device), past_key_values=cache, use_cache=True)
             cache = out.past_key_values
-            mask = torch.cat([mask, torch.zeros((len(prompts), n_q), dtype=mask.dtype)], dim=1)
-            step_logp = torch.log_softmax(out.logits.float(), dim=-1)
+            mask = torch.cat([mask, mask.new_zeros((len(prompts), n_q))], dim=1)
+            step_logp = torch.log_softmax(out.logits.float(), dim=-1).cpu()
             logp = step_logp[torch.tensor(owners), torch.tensor(slot)].numpy()
         return beams.results()
 
