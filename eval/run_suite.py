@@ -108,6 +108,8 @@ def write_results(args, suite: dict, rows: list[dict], n_split: int, n_kb: int, 
                      f"{r.get('retriever', 'simcse') if gen and r.get('num_demos') else '-'} | "
                      f"{r.get('num_beams', 5) if gen else '-'} | {r['top1']:.4f} | {r['top5']:.4f} | "
                      f"{r['top10']:.4f} | {r['mrr']:.4f} | {r['nil']} | {r['errors']} | {rate} |")
+    if suite.get("notes"):
+        lines += ["", "Notes:"] + [f"- {n}" for n in suite["notes"]]
     (args.out / f"{suite['name']}.md").write_text("\n".join(lines) + "\n")
 
 
