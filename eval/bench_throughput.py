@@ -56,15 +56,9 @@ def main() -> int:
     reference_link(linker.backend.model, tok, prompts[0], nested, trie.end_token, args.beams)
 
     t0 = time.perf_counter()
-    ours = []
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    got = {}
-    for s in range(0, len(order), args.batch_size):
-        chunk = order[s : s + args.batch_size]
-        for i, hyps in zip(chunk, linker.backend.constrained_beam_search([prompts[i] for i in chunk], trie, args.beams)):
-            got[i] = hyps
-    ours = [names[got[i][0].value] for i in range(len(prompts))]
-    ours_score = [got[i][0].score for i in range(len(prompts))]
+    got = linker.decode(prompts)                            # what `link` does after retrieval
+    ours = [names[h[0].value] for h in got]
+    ours_score = [h[0].score for h in got]
     t_ours = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -32,10 +32,6 @@ class BatchSummary:
     resumed: int = 0
     error_messages: list[str] = field(default_factory=list)
 
-    @property
-    def total(self) -> int:
-        return self.linked + self.nil + self.errors + self.resumed
-
     def line(self) -> str:
         text = f"{self.linked} linked, {self.nil} NIL, {self.errors} error(s)"
         return text + (f", {self.resumed} already done (resumed)" if self.resumed else "")

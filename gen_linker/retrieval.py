@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
 import numpy as np

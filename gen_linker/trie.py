@@ -105,10 +105,7 @@ class Trie:
     def allowed(self, state: int) -> np.ndarray:
         """Token ids that may follow `state`; never empty (a finished or dead beam may only
         repeat the end token, which keeps HF's `prefix_allowed_tokens_fn` well defined)."""
-        if state < 0:
-            return self._end
-        lo, hi = self.child_start[state], self.child_start[state + 1]
-        return self.child_token[lo:hi] if hi > lo else self._end
+        return self.children(state)[0]
 
     def children(self, state: int) -> tuple[np.ndarray, np.ndarray]:
         """(tokens, next states) of `state`, aligned: what a beam needs to extend itself with

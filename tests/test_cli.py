@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from gen_linker.cli import main
 from gen_linker.kb import KnowledgeBase

@@ -1,5 +1,4 @@
 """The packaged real models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2) on the bundled sample."""
-import json
 
 import pytest
 

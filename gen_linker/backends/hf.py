@@ -55,6 +55,12 @@ class HFBackend:
             ids = torch.as_tensor(list(token_ids), dtype=torch.long, device=self.device)
             return self._embedding(ids)
 
+    def _as_embeds(self, prompt: Prompt) -> torch.Tensor:
+        """A prompt as `[seq, hidden]` input embeddings in the model's dtype and device."""
+        if isinstance(prompt, torch.Tensor):
+            return prompt.to(self.device, self._embedding.weight.dtype)
+        return self.embed(prompt)
+
     # ------------------------------------------------------------------------- decoding
     def _prefill(self, prompts: Sequence[Prompt]):
         """Prefill each prompt on its own (no padding to compute, causal fast path: ~20% faster
@@ -64,8 +70,7 @@ class HFBackend:
         """
         from transformers import DynamicCache
 
-        embeds = [p.to(self.device, self._embedding.weight.dtype) if isinstance(p, torch.Tensor)
-                  else self.embed(p) for p in prompts]
+        embeds = [self._as_embeds(p) for p in prompts]
         width = max(e.shape[0] for e in embeds)
         mask = torch.zeros((len(embeds), width), dtype=torch.long, device=self.device)
         layers: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -137,8 +142,8 @@ class HFBackend:
     @torch.no_grad()
     def sequence_logprob(self, prompt: Prompt, continuation: Sequence[int]) -> float:
         """Summed log-probability of `continuation` after `prompt` (for checks and reranking)."""
-        prompt_emb = prompt if isinstance(prompt, torch.Tensor) else self.embed(prompt)
-        full = torch.cat([prompt_emb.to(self._embedding.weight.dtype), self.embed(continuation)])
+        prompt_emb = self._as_embeds(prompt)
+        full = torch.cat([prompt_emb, self.embed(continuation)])
         logits = self.model(inputs_embeds=full[None]).logits[0].float()
         logp = torch.log_softmax(logits[len(prompt_emb) - 1 : -1], dim=-1)
         return float(logp[torch.arange(len(continuation)), torch.as_tensor(list(continuation))].sum())

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..backends import Backend, end_token_for, load_backend
+from ..backends import Backend, Hypothesis, end_token_for, load_backend
 from ..datasets.spans import locate
 from ..errors import RecordError
 from ..kb import KnowledgeBase
@@ -88,11 +88,15 @@ class GenerativeLinker:
 
     # ----------------------------------------------------------------------------- linking
     def link(self, mentions: Sequence[Mention]) -> list[LinkResult]:
-        """Link mentions, in order. Prompts are grouped by length into batches of
-        `config.batch_size` so that little of a batch is padding."""
-        prompts = self.prompts(mentions)
-        order = sorted(range(len(mentions)), key=lambda i: len(prompts[i]))
-        results: list[LinkResult | None] = [None] * len(mentions)
+        """Link mentions, in order."""
+        hyps = self.decode(self.prompts(mentions))
+        return [self._result(m, h) for m, h in zip(mentions, hyps)]
+
+    def decode(self, prompts: Sequence[list[int]]) -> list[list[Hypothesis]]:
+        """Trie-constrained beam search over prompts, results in input order. Prompts are
+        grouped by length into batches of `config.batch_size` so that little is padding."""
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: list[list[Hypothesis]] = [[] for _ in prompts]
         size = max(1, self.config.batch_size)
         for start in range(0, len(order), size):
             chunk = order[start : start + size]
@@ -100,10 +104,10 @@ class GenerativeLinker:
                 [prompts[i] for i in chunk], self.trie, self.config.num_beams, self.config.top_k,
                 self.config.max_new_tokens)
             for i, h in zip(chunk, hyps):
-                results[i] = self._result(mentions[i], h)
-        return results  # type: ignore[return-value]
+                results[i] = h
+        return results
 
-    def _result(self, mention: Mention, hyps) -> LinkResult:
+    def _result(self, mention: Mention, hyps: list[Hypothesis]) -> LinkResult:
         names = self.kb.names()
         cands = [Candidate(eid, names[h.value], h.score)
                  for h in hyps for eid in self.kb.ids_for_name(names[h.value])]
