@@ -47,6 +47,8 @@ class ConstrainedBeams:
     def advance(self, logprobs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Extend beams given, per live row, the log-probs of `allowed()[row]` (same order).
 
+        A log-prob of -inf marks a token that is never taken (a backend may send only the
+        tokens that can matter: each parent's best `num_beams` and its end token).
         Returns (parent_rows, new_tokens) of the new live beams, in row order: the backend
         reorders its KV cache by `parent_rows` and feeds `new_tokens` next.
         """
@@ -63,6 +65,8 @@ class ConstrainedBeams:
             cands.sort(key=lambda c: -c[0])
             kept = 0
             for score, row, tok, state in cands:
+                if score == float("-inf"):
+                    break
                 if kept >= self.num_beams and not self._could_finish(owner, score):
                     break
                 parent = self.live[row]

@@ -46,3 +46,7 @@ class PromptTemplateError(GenLinkerError):
 
 class ResumeError(GenLinkerError):
     """An existing output file does not match the input it is asked to resume."""
+
+
+class BackendError(GenLinkerError):
+    """A generation backend is not installed, cannot serve the model, or was closed."""

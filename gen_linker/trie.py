@@ -36,6 +36,7 @@ class Trie:
         self.end_token = int(end_token)
         self._end = np.array([self.end_token], dtype=np.int32)
         self._dead = np.array([DEAD], dtype=np.int32)
+        self._digest: str | None = None
 
     # ----------------------------------------------------------------------------- build
     @classmethod
@@ -162,6 +163,16 @@ class Trie:
                 else:
                     stack.append((int(child), prefix + [int(tok)]))
         return out
+
+    @property
+    def digest(self) -> str:
+        """A hash of the trie's contents: names a trie across processes (vLLM's engine)."""
+        if self._digest is None:
+            h = hashlib.sha256(str(self.end_token).encode())
+            for a in (self.child_start, self.child_token, self.child_node, self.leaf_node, self.leaf_value):
+                h.update(np.ascontiguousarray(a).data)
+            self._digest = h.hexdigest()[:24]
+        return self._digest
 
     @property
     def nbytes(self) -> int:

@@ -70,7 +70,8 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_llm(tmp_path_factory) -> Path:
-    """A 2-layer Llama (random, seed 0) with a byte-level BPE tokenizer trained on the fixtures."""
+    """A 2-layer Llama (random, seed 0) with a byte-level BPE tokenizer trained on the fixtures.
+    Head size 32 and float32 weights: the smallest shape vLLM's CPU attention serves."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -87,8 +88,8 @@ def tiny_llm(tmp_path_factory) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
     fast.save_pretrained(folder)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
                          eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
                          bos_token_id=None, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
@@ -96,6 +97,16 @@ def tiny_llm(tmp_path_factory) -> Path:
         model.lm_head.weight.normal_(0, 1.0)
     model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def vllm_backend(tiny_llm):
+    """One real in-process vLLM engine (CPU, float32) on the tiny model for the whole session."""
+    from gen_linker.backends import load_backend
+
+    backend = load_backend("vllm", str(tiny_llm), dtype="float32", kv_cache_gb=0.125)
+    yield backend
+    backend.close()
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ class Hypothesis:
 class Backend(Protocol):
     name: str
     tokenizer: object
+    default_batch_size: int   # prompts per call that keep this backend busy
 
     def embed(self, token_ids: Sequence[int]) -> torch.Tensor:
         """The LLM's input embeddings of `token_ids`, `[len, hidden]` (to build soft prompts)."""
@@ -37,6 +38,10 @@ class Backend(Protocol):
     def constrained_beam_search(self, prompts: Sequence[Prompt], trie: Trie, num_beams: int,
                                 top_k: int | None = None, max_new_tokens: int = 64) -> list[list[Hypothesis]]:
         """For each prompt, up to `top_k` (default `num_beams`) finished names, best first."""
+
+    def constrained_greedy(self, prompts: Sequence[Prompt], trie: Trie,
+                           max_new_tokens: int = 64) -> list[list[Hypothesis]]:
+        """For each prompt, the greedy name under the trie (a list of one, or empty)."""
 
 
 def end_token_for(tokenizer, name_end: str) -> int:

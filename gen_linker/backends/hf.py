@@ -34,6 +34,7 @@ def default_dtype(device: str = "cpu") -> str:
 
 class HFBackend:
     name = "hf"
+    default_batch_size = 8
 
     def __init__(self, llm: str | None = None, *, dtype: str = "auto", device: str = "cpu",
                  threads: int | None = None) -> None:
@@ -138,6 +139,11 @@ class HFBackend:
             step_logp = torch.log_softmax(out.logits.float(), dim=-1).cpu()
             logp = step_logp[torch.tensor(owners), torch.tensor(slot)].numpy()
         return beams.results()
+
+    def constrained_greedy(self, prompts: Sequence[Prompt], trie: Trie,
+                           max_new_tokens: int = 64) -> list[list[Hypothesis]]:
+        """Greedy decoding under the trie: beam search with one beam is exactly that."""
+        return self.constrained_beam_search(prompts, trie, 1, 1, max_new_tokens)
 
     @torch.no_grad()
     def sequence_logprob(self, prompt: Prompt, continuation: Sequence[int]) -> float:
