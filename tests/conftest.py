@@ -100,6 +100,26 @@ def tiny_llm(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def hf_backend(tiny_llm):
+    """The hf backend on the tiny model, float32 (bit-stable scores), for the whole session."""
+    from gen_linker.backends.hf import HFBackend
+
+    return HFBackend(str(tiny_llm), dtype="float32")
+
+
+TRIE_NAMES = ["Noel Harrison", "Stefanie Powers", "Oscar Robertson", "Paris", "Paris Hilton",
+              "Milwaukee Bucks", "Antoine Griezmann", "Francis Condon", "Francis Drake", "Noel Coward"]
+
+
+@pytest.fixture(scope="session")
+def tiny_trie(hf_backend):
+    """The trie of TRIE_NAMES for the tiny model's tokenizer, ending names with EOS."""
+    from gen_linker.trie import name_trie
+
+    return name_trie(TRIE_NAMES, hf_backend.tokenizer, hf_backend.tokenizer.eos_token_id)
+
+
+@pytest.fixture(scope="session")
 def vllm_backend(tiny_llm):
     """One real in-process vLLM engine (CPU, float32) on the tiny model for the whole session."""
     from gen_linker.backends import load_backend

@@ -7,27 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from gen_linker.backends.hf import HFBackend
+from conftest import TRIE_NAMES as NAMES
 from gen_linker.backends.vllm import VLLMBackend, forced_chain
 from gen_linker.errors import BackendError
 from gen_linker.trie import ROOT, Trie, name_trie
 
-NAMES = ["Noel Harrison", "Stefanie Powers", "Oscar Robertson", "Paris", "Paris Hilton",
-         "Milwaukee Bucks", "Antoine Griezmann", "Francis Condon", "Francis Drake", "Noel Coward"]
 PROMPTS = ["[Text]Harrison singing in 1966[Answer]", "[Text]Paris[Answer]",
            "[Text]The Bucks won the title with Robertson, a longer prompt than the others[Answer]",
            "[Text]Griezmann playing away to Salamanca[Answer]"]
 SCORE_TOL = 1e-3   # float32 on both sides; vLLM's CPU kernels differ from torch's in rounding
-
-
-@pytest.fixture(scope="module")
-def hf(tiny_llm):
-    return HFBackend(str(tiny_llm), dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def trie(hf):
-    return name_trie(NAMES, hf.tokenizer, hf.tokenizer.eos_token_id)
 
 
 def token_prompts(backend):
@@ -55,52 +43,52 @@ def assert_same(got, want):
 
 @pytest.mark.parametrize("make_prompts", [token_prompts, soft_prompts], ids=["tokens", "soft-prefix"])
 @pytest.mark.parametrize("num_beams", [1, 3, len(NAMES)])
-def test_beams_equal_hf(vllm_backend, hf, trie, make_prompts, num_beams):
-    prompts = make_prompts(hf)
-    want = hf.constrained_beam_search(prompts, trie, num_beams)
-    got = vllm_backend.constrained_beam_search(prompts, trie, num_beams)
+def test_beams_equal_hf(vllm_backend, hf_backend, tiny_trie, make_prompts, num_beams):
+    prompts = make_prompts(hf_backend)
+    want = hf_backend.constrained_beam_search(prompts, tiny_trie, num_beams)
+    got = vllm_backend.constrained_beam_search(prompts, tiny_trie, num_beams)
     assert all(got)
     assert_same(got, want)
 
 
-def test_wide_beams_rank_every_name(vllm_backend, hf, trie):
+def test_wide_beams_rank_every_name(vllm_backend, hf_backend, tiny_trie):
     """With as many beams as names, every name comes back, ranked by its exact log-prob."""
-    prompt = token_prompts(hf)[2]
-    hyps = vllm_backend.constrained_beam_search([prompt], trie, len(NAMES), len(NAMES))[0]
+    prompt = token_prompts(hf_backend)[2]
+    hyps = vllm_backend.constrained_beam_search([prompt], tiny_trie, len(NAMES), len(NAMES))[0]
     assert sorted(h.value for h in hyps) == list(range(len(NAMES)))
-    exact = [hf.sequence_logprob(prompt, h.tokens) for h in hyps]
+    exact = [hf_backend.sequence_logprob(prompt, h.tokens) for h in hyps]
     np.testing.assert_allclose([h.score for h in hyps], exact, atol=SCORE_TOL)
     assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
 
 
 @pytest.mark.parametrize("make_prompts", [token_prompts, soft_prompts], ids=["tokens", "soft-prefix"])
-def test_greedy_is_always_a_name_and_equals_hf(vllm_backend, hf, trie, make_prompts):
-    prompts = make_prompts(hf) * 3   # a batch of 12 with repeats
-    got = vllm_backend.constrained_greedy(prompts, trie)
+def test_greedy_is_always_a_name_and_equals_hf(vllm_backend, hf_backend, tiny_trie, make_prompts):
+    prompts = make_prompts(hf_backend) * 3   # a batch of 12 with repeats
+    got = vllm_backend.constrained_greedy(prompts, tiny_trie)
     for hyps in got:
         assert len(hyps) == 1
         h = hyps[0]
-        assert h.tokens[-1] == trie.end_token
-        assert hf.tokenizer.decode(h.tokens[:-1]) == NAMES[h.value]
-    assert_same(got, hf.constrained_greedy(prompts, trie))
+        assert h.tokens[-1] == tiny_trie.end_token
+        assert hf_backend.tokenizer.decode(h.tokens[:-1]) == NAMES[h.value]
+    assert_same(got, hf_backend.constrained_greedy(prompts, tiny_trie))
 
 
-def test_prompt_embeddings_generate_like_tokens(vllm_backend, hf, trie):
+def test_prompt_embeddings_generate_like_tokens(vllm_backend, hf_backend, tiny_trie):
     """The same prompt as token ids and as their input embeddings gives the same names."""
-    ids = token_prompts(hf)
+    ids = token_prompts(hf_backend)
     embeds = [vllm_backend.embed(p) for p in ids]
-    assert_same(vllm_backend.constrained_beam_search(embeds, trie, 3),
-                vllm_backend.constrained_beam_search(ids, trie, 3))
+    assert_same(vllm_backend.constrained_beam_search(embeds, tiny_trie, 3),
+                vllm_backend.constrained_beam_search(ids, tiny_trie, 3))
 
 
-def test_large_kb_root_beyond_vllm_logprob_limits(vllm_backend, hf):
+def test_large_kb_root_beyond_vllm_logprob_limits(vllm_backend, hf_backend):
     """More first tokens than vLLM's 128-id logprob_token_ids limit: the processor still works."""
-    vocab = [t for t, i in sorted(hf.tokenizer.get_vocab().items(), key=lambda x: x[1]) if i > 2][:300]
-    names = [hf.tokenizer.convert_tokens_to_string([t]) + " X" for t in vocab]
-    big = name_trie(names, hf.tokenizer, hf.tokenizer.eos_token_id)
+    vocab = [t for t, i in sorted(hf_backend.tokenizer.get_vocab().items(), key=lambda x: x[1]) if i > 2][:300]
+    names = [hf_backend.tokenizer.convert_tokens_to_string([t]) + " X" for t in vocab]
+    big = name_trie(names, hf_backend.tokenizer, hf_backend.tokenizer.eos_token_id)
     assert len(big.allowed(ROOT)) > 128
-    prompt = token_prompts(hf)[:1]
-    assert_same(vllm_backend.constrained_beam_search(prompt, big, 4), hf.constrained_beam_search(prompt, big, 4))
+    prompt = token_prompts(hf_backend)[:1]
+    assert_same(vllm_backend.constrained_beam_search(prompt, big, 4), hf_backend.constrained_beam_search(prompt, big, 4))
 
 
 def test_forced_chain_stops_at_branches_and_end():
@@ -124,10 +112,10 @@ def test_cli_link_with_vllm_equals_hf(vllm_backend, tiny_llm, entities_file, tes
     common = ["link", "--kb", str(entities_file), "--input", str(test_file), "--llm", str(tiny_llm),
               "--dtype", "float32", "--demos", str(train_file), "--num-demos", "2", "--beams", "3",
               "--no-progress"]
-    assert main(common + ["--output", str(tmp_path / "hf.jsonl")]) == 0
+    assert main(common + ["--output", str(tmp_path / "hf_backend.jsonl")]) == 0
     # same engine arguments as the session's engine, so the CLI reuses it
     assert main(common + ["--output", str(tmp_path / "vllm.jsonl"), "--backend", "vllm", "--kv-cache-gb", "0.125"]) == 0
-    hf_rows = [json.loads(line) for line in (tmp_path / "hf.jsonl").open()]
+    hf_rows = [json.loads(line) for line in (tmp_path / "hf_backend.jsonl").open()]
     vllm_rows = [json.loads(line) for line in (tmp_path / "vllm.jsonl").open()]
     assert [r["id"] for r in vllm_rows] == [r["id"] for r in hf_rows]
     for a, b in zip(vllm_rows, hf_rows):
@@ -154,9 +142,9 @@ def test_unservable_model_is_a_clear_error(vllm_backend, tiny_llm, tmp_path):
         VLLMBackend(str(bad), dtype="float32", kv_cache_gb=0.125)
 
 
-def test_closed_backend_says_so(tiny_llm, trie, hf):
+def test_closed_backend_says_so(tiny_llm, tiny_trie, hf_backend):
     backend = VLLMBackend(str(tiny_llm), dtype="float32", kv_cache_gb=0.125)
     backend.close()
     backend.close()   # idempotent
     with pytest.raises(BackendError, match="closed"):
-        backend.constrained_greedy(token_prompts(hf), trie)
+        backend.constrained_greedy(token_prompts(hf_backend), tiny_trie)
