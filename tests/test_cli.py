@@ -122,3 +122,12 @@ def test_resume_after_a_real_kill(tiny_llm, entities_file, tmp_path):
     assert main(link_args(tiny_llm, entities_file, inp, out, "--resume", "--batch-size", "8")) == 0
     ids = [r["id"] for r in read(out)]
     assert ids == [r["id"] for r in rows]                     # no duplicates, no gaps, in order
+
+
+def test_vllm_compile_flag():
+    from gen_linker.cli import COMPILE_FROM, vllm_compile
+
+    assert vllm_compile("auto", 10) is None              # the backend's default: eager on a CPU
+    assert vllm_compile("auto", None) is None
+    assert vllm_compile("auto", COMPILE_FROM) is True    # long runs pay a minute of compilation back
+    assert vllm_compile("on", 1) is True and vllm_compile("off", 10**6) is False

