@@ -180,8 +180,9 @@ def cmd_link(args) -> int:
 
 
 def _chunk_size(linker) -> int:
-    """Mentions per output chunk (written and fsynced together): several backend batches."""
-    return max(8 * getattr(linker, "batch_size", 8), 8)
+    """Mentions per output chunk (written and fsynced together; what a kill can lose): a few
+    backend batches, so that length-sorting within a chunk still groups prompts well."""
+    return max(64, 2 * getattr(linker, "batch_size", 8))
 
 
 def _input_records(args) -> tuple[Iterable[Mention | RecordError], int | None]:

@@ -50,3 +50,7 @@ class ResumeError(GenLinkerError):
 
 class BackendError(GenLinkerError):
     """A generation backend is not installed, cannot serve the model, or was closed."""
+
+
+class ImageError(GenLinkerError):
+    """An image is missing, unreadable or corrupt; the mention is linked without it."""

@@ -57,7 +57,9 @@ def request_amx() -> None:
 
 
 def _prepare_environment(in_process: bool) -> None:
-    """Environment vLLM reads at start: loopback only, no usage stats, in-process engine."""
+    """Environment vLLM reads at start: loopback only, no usage stats, in-process engine, and
+    warnings only in the log (set VLLM_LOGGING_LEVEL=INFO to see the engine's start-up)."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
