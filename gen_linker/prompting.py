@@ -58,10 +58,15 @@ class PromptTemplate:
 
     def render(self, text: str, mention: str, demos: Sequence[Demonstration] = ()) -> str:
         """The full prompt: header, the demonstrations in the given order, then the query."""
+        return "".join(self.blocks(text, mention, demos))
+
+    def blocks(self, text: str, mention: str, demos: Sequence[Demonstration] = ()) -> list[str]:
+        """The prompt's pieces: header, one per demonstration, the query. An image's soft
+        prefix goes at the start of its block (`image_slot: before_text`)."""
         parts = [self.header]
         parts.extend(self.demonstration.format(text=d.text, mention=d.mention, name=d.name) for d in demos)
         parts.append(self.query.format(text=text, mention=mention))
-        return "".join(parts)
+        return parts
 
 
 def _find_template(name_or_path: str) -> Path:

@@ -145,16 +145,20 @@ class VLLMBackend:
             raise BackendError(f"vLLM could not serve the model at {self.path}: {type(e).__name__}: {e}") from e
         self._sampling = vllm.SamplingParams
         self._trie_files: dict[str, str] = {}
+        VLLMBackend._live.setdefault(("unshared", id(self)), self)   # seen by close() of others
         atexit.register(self.close)
 
     # ---------------------------------------------------------------------- lifecycle
     def close(self) -> None:
-        """Shut the engine down (idempotent)."""
+        """Shut the engine down (idempotent). In-process engines share vLLM's process-wide state
+        (parallel groups), so while another one lives in this process this one is only dropped."""
         llm = self.__dict__.pop("llm", None)
         if llm is None:
             return
+        others = [b for b in VLLMBackend._live.values() if b is not self and "llm" in b.__dict__]
+        VLLMBackend._live = {k: b for k, b in VLLMBackend._live.items() if b is not self}
         core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        if core is not None:
+        if core is not None and not (self.in_process and others):
             core.shutdown()
 
     def __enter__(self) -> "VLLMBackend":

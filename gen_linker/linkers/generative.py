@@ -17,6 +17,7 @@ from ..kb import KnowledgeBase
 from ..prompting import DEFAULT_PROMPT, Demonstration, PromptTemplate
 from ..retrieval import DemoRetriever, demonstration_pool, make_retriever
 from ..schema import Candidate, LinkResult, Mention
+from ..soft_prompts import ImagePrefixer, block_token_starts, splice_images
 from ..trie import Trie, name_trie
 
 
@@ -47,8 +48,8 @@ class GenerativeLinker:
     name = "generative"
 
     def __init__(self, kb: KnowledgeBase, backend: Backend, retriever: DemoRetriever,
-                 config: GenerativeConfig | None = None) -> None:
-        self.kb, self.backend, self.retriever = kb, backend, retriever
+                 config: GenerativeConfig | None = None, images: ImagePrefixer | None = None) -> None:
+        self.kb, self.backend, self.retriever, self.images = kb, backend, retriever, images
         self.config = config or GenerativeConfig()
         if self.config.search not in SEARCHES:
             raise ValueError(f"unknown search {self.config.search!r}: use one of {', '.join(SEARCHES)}")
@@ -80,17 +81,30 @@ class GenerativeLinker:
         return self._trie
 
     # ----------------------------------------------------------------------------- prompts
-    def prompts(self, mentions: Sequence[Mention]) -> list[list[int]]:
-        """Token ids of each mention's prompt, with its retrieved demonstrations."""
+    def prompts(self, mentions: Sequence[Mention]) -> list[Prompt]:
+        """Each mention's prompt with its retrieved demonstrations: token ids, or embeddings
+        with image soft prefixes where the linker has an image prefixer and there are images."""
         demos = self.retriever.retrieve(mentions, self.config.num_demos)
-        return [self._prompt_ids(m, d) for m, d in zip(mentions, demos)]
+        return [self._prompt(m, d) for m, d in zip(mentions, demos)]
 
-    def _prompt_ids(self, mention: Mention, demos: list[Demonstration]) -> list[int]:
+    def _prompt(self, mention: Mention, demos: list[Demonstration]) -> Prompt:
+        ids, demos = self._prompt_ids(mention, demos)
+        refs = [None] + [d.image for d in demos] + [mention.image]        # header, demos, query
+        if self.images is None or not any(refs):
+            return ids
+        prefixes = self.images.prefixes(refs)
+        if all(p is None for p in prefixes):
+            return ids
+        ids, starts = block_token_starts(self.backend.tokenizer,
+                                         self.template.blocks(mention.text, mention.mention, demos))
+        return splice_images(self.backend.embed(ids), starts, prefixes)
+
+    def _prompt_ids(self, mention: Mention, demos: list[Demonstration]) -> tuple[list[int], list[Demonstration]]:
         tok = self.backend.tokenizer
         while True:
             ids = tok(self.template.render(mention.text, mention.mention, demos))["input_ids"]
             if len(ids) <= self.config.max_prompt_tokens or not demos:
-                return ids
+                return ids, demos
             demos = demos[1:]  # the least similar goes first
 
     # ----------------------------------------------------------------------------- linking
