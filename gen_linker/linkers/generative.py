@@ -24,6 +24,11 @@ from ..trie import Trie, name_trie
 SEARCHES = ("beam", "greedy")
 
 
+def image_refs(mention: Mention, demos: Sequence[Demonstration]) -> list[str | None]:
+    """The image of each prompt block: none for the header, each demonstration's, the query's."""
+    return [None] + [d.image for d in demos] + [mention.image]
+
+
 @dataclass
 class GenerativeConfig:
     """Settings of the generative linker (the CLI flags of `gen-linker link` map onto these)."""
@@ -89,12 +94,17 @@ class GenerativeLinker:
 
     def _prompt(self, mention: Mention, demos: list[Demonstration]) -> Prompt:
         ids, demos = self._prompt_ids(mention, demos)
-        refs = [None] + [d.image for d in demos] + [mention.image]        # header, demos, query
+        refs = image_refs(mention, demos)
         if self.images is None or not any(refs):
             return ids
         prefixes = self.images.prefixes(refs)
         if all(p is None for p in prefixes):
             return ids
+        return self.with_prefixes(mention, demos, prefixes)
+
+    def with_prefixes(self, mention: Mention, demos: list[Demonstration], prefixes) -> Prompt:
+        """The prompt as embeddings with one prefix (or None) per block: header, demos, query.
+        Differentiable in the prefixes: mapper training builds its prompts with this."""
         ids, starts = block_token_starts(self.backend.tokenizer,
                                          self.template.blocks(mention.text, mention.mention, demos))
         return splice_images(self.backend.embed(ids), starts, prefixes)

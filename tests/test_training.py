@@ -1,0 +1,47 @@
+"""Mapper training on the tiny model and a tiny synthetic image benchmark."""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+
+from synthetic_mel import generate  # noqa: E402
+
+from gen_linker import datasets  # noqa: E402
+from gen_linker.kb import KnowledgeBase  # noqa: E402
+from gen_linker.linkers.generative import GenerativeConfig, GenerativeLinker  # noqa: E402
+from gen_linker.mapper import LinearMapper  # noqa: E402
+from gen_linker.retrieval import demonstration_pool, make_retriever  # noqa: E402
+from gen_linker.soft_prompts import ImagePrefixer  # noqa: E402
+from gen_linker.training import TrainConfig, train_mapper  # noqa: E402
+from gen_linker.vision import VisionEncoder  # noqa: E402
+
+
+def setup(hf_backend, root):
+    generate(root, groups=2, per_group=2, mentions=5, seed=0)
+    kb = KnowledgeBase.from_jsonl(root / "entities.jsonl")
+    train = datasets.load(root / "train.jsonl").valid
+    dev = datasets.load(root / "dev.jsonl").valid
+    torch.manual_seed(0)
+    images = ImagePrefixer(VisionEncoder.from_config(seed=0), LinearMapper(64, hf_backend.embed([1]).shape[-1], 2),
+                           image_root=root, cache_dir=root / "cache")
+    linker = GenerativeLinker(kb, hf_backend, make_retriever("bm25", demonstration_pool(train, kb)),
+                              GenerativeConfig(num_demos=2, retriever="bm25", num_beams=2), images=images)
+    return linker, train, dev
+
+
+def test_training_reduces_the_loss_and_resumes(hf_backend, tmp_path):
+    linker, train, dev = setup(hf_backend, tmp_path / "bench")
+    before = {k: v.clone() for k, v in linker.images.mapper.state_dict().items()}
+    out = tmp_path / "run"
+    first = train_mapper(linker, train, dev, TrainConfig(epochs=2, lr=0.01, batch_size=2), out, progress=False)
+    assert len(first.epoch_loss) == 2 and len(first.dev_top1) == 2
+    assert (out / "best" / "mapper.safetensors").exists()
+    # a second call with more epochs resumes after the two finished ones
+    resumed = train_mapper(linker, train, dev, TrainConfig(epochs=4, lr=0.01, batch_size=2), out, progress=False)
+    assert resumed.epoch_loss[:2] == first.epoch_loss and len(resumed.epoch_loss) == 4
+    assert resumed.epoch_loss[-1] < resumed.epoch_loss[0]
+    after = linker.images.mapper.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert not any(p.requires_grad for p in hf_backend.model.parameters())   # the LLM stayed frozen
