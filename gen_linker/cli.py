@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("folder", type=Path)
     b.set_defaults(func=cmd_build_kb)
 
+    t = sub.add_parser("train", help="train an image-mapper adapter from a recipe (LLM and vision encoder frozen)")
+    t.add_argument("--recipe", type=Path, required=True, help="adapters/NAME.yaml (see adapters/README.md)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
     ln = sub.add_parser("link", help="link mentions to a knowledge base")
     ln.add_argument("--kb", type=Path, required=True, help="entities JSONL file or KB folder")
     _dataset_args(ln, "--input")
@@ -118,6 +123,8 @@ def _linker_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kv-cache-gb", type=float, help="vllm on CPU: KV cache size in GiB (default 2)")
     g.add_argument("--prompt", default="gemel", help="prompt template name or YAML path (default gemel)")
     g.add_argument("--seed", type=int, default=0, help="seed of the random demo retriever")
+    g.add_argument("--adapter", type=Path, help="a trained adapter folder: image soft prefixes (default LLM: its base)")
+    g.add_argument("--image-root", type=Path, help="folder that image paths in the mentions are relative to")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -233,9 +240,35 @@ def make_linker(args, kb, n_mentions: int | None = None):
     options = {"dtype": args.dtype}
     if args.backend == "vllm":
         options.update(compile=vllm_compile(args.vllm_compile, n_mentions), kv_cache_gb=args.kv_cache_gb)
-    backend = load_backend(args.backend, args.llm, **options)
+    images, llm = None, args.llm
+    if args.adapter:
+        from .adapters import load_adapter
+
+        images, card = load_adapter(args.adapter, args.image_root, kb.cache_dir())
+        llm = _adapter_llm(args.llm, card, args.adapter)
+    backend = load_backend(args.backend, llm, **options)
     return GenerativeLinker.from_pretrained(kb, backend=backend, demos=demos, config=config,
-                                            encoder=args.encoder)
+                                            encoder=args.encoder, images=images)
+
+
+def _adapter_llm(asked: str | None, card: dict, folder: Path) -> str:
+    """The adapter's base LLM, or the one asked for if it is the same model."""
+    from .models import resolve_llm
+
+    base = card.get("base_llm")
+    if asked and base and resolve_llm(asked) != resolve_llm(base):
+        raise GenLinkerError(f"adapter {folder} was trained on {base}, not {asked}: drop --llm or train for it")
+    return asked or base
+
+
+def cmd_train(args) -> int:
+    from .adapters import load_recipe, train_adapter
+
+    recipe = load_recipe(args.recipe)
+    folder, report = train_adapter(recipe, progress=not args.no_progress)
+    best = f", best dev Top-1 {max(report.dev_top1):.3f} (epoch {report.best_epoch + 1})" if report.dev_top1 else ""
+    print(f"adapter {folder}: loss {' -> '.join(f'{x:.3f}' for x in report.epoch_loss)}{best}")
+    return 0
 
 
 def cmd_eval(args) -> int:

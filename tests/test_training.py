@@ -45,3 +45,37 @@ def test_training_reduces_the_loss_and_resumes(hf_backend, tmp_path):
     after = linker.images.mapper.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert not any(p.requires_grad for p in hf_backend.model.parameters())   # the LLM stayed frozen
+
+
+def test_cli_train_then_link_with_the_adapter_on_both_backends(tiny_llm, vllm_backend, tmp_path):
+    import json
+
+    import yaml
+
+    from gen_linker.adapters import load_adapter
+    from gen_linker.cli import main
+
+    bench = tmp_path / "bench"
+    generate(bench, groups=2, per_group=2, mentions=5, seed=0)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({"kb": "bench/entities.jsonl", "train": "bench/train.jsonl",
+                                      "dev": "bench/dev.jsonl", "image_root": "bench", "llm": str(tiny_llm),
+                                      "dtype": "float32", "n_prefix": 2, "num_demos": 2, "epochs": 1,
+                                      "lr": 0.01, "batch_size": 2, "output": "adapter"}))
+    assert main(["train", "--recipe", str(recipe), "--no-progress"]) == 0
+    card = yaml.safe_load((tmp_path / "adapter" / "adapter.yaml").read_text())
+    assert card["n_prefix"] == 2 and card["base_llm"] == str(tiny_llm) and len(card["dev_top1"]) == 1
+    images, _ = load_adapter(tmp_path / "adapter")
+    again, _ = load_adapter(tmp_path / "adapter")
+    feats = torch.randn(3, images.mapper.feature_dim)
+    assert torch.equal(images.mapper(feats), again.mapper(feats))       # save/load round trip
+
+    common = ["link", "--kb", str(bench / "entities.jsonl"), "--input", str(bench / "test.jsonl"),
+              "--adapter", str(tmp_path / "adapter"), "--image-root", str(bench), "--dtype", "float32",
+              "--beams", "2", "--no-progress"]
+    assert main(common + ["--output", str(tmp_path / "hf.jsonl")]) == 0
+    assert main(common + ["--output", str(tmp_path / "vllm.jsonl"), "--backend", "vllm", "--kv-cache-gb", "0.125"]) == 0
+    hf_rows = [json.loads(x) for x in (tmp_path / "hf.jsonl").open()]
+    vllm_rows = [json.loads(x) for x in (tmp_path / "vllm.jsonl").open()]
+    assert [r["entity_id"] for r in hf_rows] == [r["entity_id"] for r in vllm_rows]
+    assert all(r["entity_id"] is not None for r in hf_rows)

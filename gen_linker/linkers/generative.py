@@ -66,7 +66,7 @@ class GenerativeLinker:
     def from_pretrained(cls, kb: KnowledgeBase | str | Path, llm: str | None = None, *,
                         backend: str | Backend = "hf", demos: Iterable[Mention] | None = None,
                         config: GenerativeConfig | None = None, encoder: str | None = None,
-                        show_progress: bool = False) -> "GenerativeLinker":
+                        show_progress: bool = False, images: ImagePrefixer | None = None) -> "GenerativeLinker":
         """Build a linker: `kb` (object, folder or entities JSONL), the LLM by name or path,
         and optional training mentions with gold ids to retrieve demonstrations from."""
         config = config or GenerativeConfig()
@@ -75,7 +75,7 @@ class GenerativeLinker:
         kind = config.retriever if pool and config.num_demos > 0 else "none"
         retriever = make_retriever(kind, pool, encoder=encoder, seed=config.seed, show_progress=show_progress)
         engine = load_backend(backend, llm) if isinstance(backend, str) else backend
-        return cls(kb, engine, retriever, config)
+        return cls(kb, engine, retriever, config, images=images)
 
     @property
     def trie(self) -> Trie:
