@@ -79,3 +79,29 @@ def test_cli_train_then_link_with_the_adapter_on_both_backends(tiny_llm, vllm_ba
     vllm_rows = [json.loads(x) for x in (tmp_path / "vllm.jsonl").open()]
     assert [r["entity_id"] for r in hf_rows] == [r["entity_id"] for r in vllm_rows]
     assert all(r["entity_id"] is not None for r in hf_rows)
+
+
+def test_recipe_errors_name_the_problem(tmp_path):
+    import pytest
+    import yaml
+
+    from gen_linker.adapters import load_adapter, load_recipe
+    from gen_linker.errors import GenLinkerError
+
+    bad = tmp_path / "r.yaml"
+    bad.write_text(yaml.safe_dump({"train": "t.jsonl"}))
+    with pytest.raises(GenLinkerError, match="lacks kb"):
+        load_recipe(bad)
+    bad.write_text(yaml.safe_dump({"kb": "k", "train": "t", "epoch": 3}))
+    with pytest.raises(GenLinkerError, match="unknown keys: epoch"):
+        load_recipe(bad)
+    bad.write_text(yaml.safe_dump({"kb": "k", "train": "t", "lora": True}))
+    with pytest.raises(GenLinkerError, match="LoRA"):
+        load_recipe(bad)
+    ok = tmp_path / "sub" / "ok.yaml"
+    ok.parent.mkdir()
+    ok.write_text(yaml.safe_dump({"kb": "k.jsonl", "train": "t.jsonl"}))
+    recipe = load_recipe(ok)
+    assert recipe["kb"] == str(ok.parent / "k.jsonl") and recipe["n_prefix"] == 4 and recipe["output"] == str(ok.parent / "ok")
+    with pytest.raises(GenLinkerError, match="not an adapter folder"):
+        load_adapter(tmp_path)
