@@ -30,19 +30,26 @@ class ImagePrefixer:
     cache_dir: Path | None = None
     errors: dict[str, ImageError] = field(default_factory=dict)   # image reference -> error
 
-    @torch.no_grad()
-    def prefixes(self, refs: Sequence[str | None]) -> list[torch.Tensor | None]:
-        """`[n_prefix, hidden]` per reference (None: no image, or a bad one, recorded in `errors`)."""
+    def features(self, refs: Sequence[str | None]) -> list[np.ndarray | None]:
+        """The vision feature per reference (None: no image, or a bad one, recorded in `errors`)."""
         wanted = [i for i, r in enumerate(refs) if r]
         feats, errors = self.encoder.encode_refs([refs[i] for i in wanted], self.image_root, self.cache_dir)
-        out: list[torch.Tensor | None] = [None] * len(refs)
-        ok = [(i, f) for i, f in zip(wanted, feats) if f is not None]
-        for i, err in zip(wanted, errors):
+        out: list[np.ndarray | None] = [None] * len(refs)
+        for i, feat, err in zip(wanted, feats, errors):
+            out[i] = feat
             if err is not None:
                 self.errors[str(refs[i])] = err
+        return out
+
+    @torch.no_grad()
+    def prefixes(self, refs: Sequence[str | None]) -> list[torch.Tensor | None]:
+        """`[n_prefix, hidden]` per reference (None where `features` has none)."""
+        feats = self.features(refs)
+        ok = [i for i, f in enumerate(feats) if f is not None]
+        out: list[torch.Tensor | None] = [None] * len(refs)
         if ok:
-            mapped = self.mapper(torch.from_numpy(np.stack([f for _, f in ok])).float())
-            for (i, _), m in zip(ok, mapped):
+            mapped = self.mapper(torch.from_numpy(np.stack([feats[i] for i in ok])).float())
+            for i, m in zip(ok, mapped):
                 out[i] = m
         return out
 

@@ -78,14 +78,9 @@ def train_mapper(linker: GenerativeLinker, train: Sequence[Mention], dev: Sequen
         start, report = _load_checkpoint(out / "checkpoint", mapper, optimizer)
 
     # Demonstrations and image features are fixed: retrieve and encode once.
-    demos = [linker._prompt_ids(m, d)[1] for m, d in
+    demos = [linker.prompt_ids(m, d)[1] for m, d in
              zip(examples, linker.retriever.retrieve(examples, linker.config.num_demos))]
-    features = []
-    for m, d in zip(examples, demos):
-        refs = image_refs(m, d)
-        feats = iter(linker.images.encoder.encode_refs([r for r in refs if r], linker.images.image_root,
-                                                       linker.images.cache_dir)[0])
-        features.append([next(feats) if r else None for r in refs])   # None: no image or a bad one
+    features = [linker.images.features(image_refs(m, d)) for m, d in zip(examples, demos)]
 
     rng = random.Random(config.seed)
     for epoch in range(start, config.epochs):

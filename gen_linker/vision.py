@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -111,9 +112,9 @@ class VisionEncoder:
     def feature_dim(self) -> int:
         return int(self.model.config.projection_dim)
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
-        """Changes when the weights do: names the feature cache."""
+        """Changes when the weights do: names the feature cache (computed once: frozen weights)."""
         h = hashlib.sha256(self.name.encode())
         for p in list(self.model.parameters())[:4] + list(self.model.parameters())[-2:]:
             h.update(p.detach().float().cpu().numpy().tobytes()[:4096])

@@ -87,22 +87,23 @@ class VLLMBackend:
 
     name = "vllm"
     default_batch_size = 64
-    _live: dict[tuple, "VLLMBackend"] = {}
+    _open: list["VLLMBackend"] = []                  # engines of this process not closed yet
+    _shared: dict[tuple, "VLLMBackend"] = {}         # load_backend's: one per set of arguments
 
     @classmethod
     def shared(cls, llm: str | None = None, **kwargs) -> "VLLMBackend":
         """The live engine for these arguments, started on first use (one per process)."""
         key = (resolve_llm(llm), tuple(sorted((k, repr(v)) for k, v in kwargs.items() if v is not None)))
-        backend = cls._live.get(key)
-        if backend is None or "llm" not in backend.__dict__:
-            backend = cls._live[key] = cls(llm, **kwargs)
+        backend = cls._shared.get(key)
+        if backend is None or backend not in cls._open:
+            backend = cls._shared[key] = cls(llm, **kwargs)
         return backend
 
     def __init__(self, llm: str | None = None, *, dtype: str = "auto", in_process: bool | None = None,
                  compile: bool | None = None, kv_cache_gb: float | None = None, block_size: int | None = None,
                  max_model_len: int | None = None, max_num_seqs: int = 512, seed: int = 0,
                  engine_args: dict | None = None) -> None:
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         from .hf import default_dtype
 
@@ -116,9 +117,10 @@ class VLLMBackend:
             request_amx()
         self.in_process = in_process
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self._embedding = _input_embeddings(self.path, self.dtype)
+        config = AutoConfig.from_pretrained(self.path)
+        self._embedding = _input_embeddings(self.path, config, self.dtype)
         if max_model_len is None:  # prompts are capped at 2,048 tokens by default; names are short
-            limit = getattr(_config(self.path), "max_position_embeddings", None) or 4096
+            limit = getattr(config, "max_position_embeddings", None) or 4096
             max_model_len = min(4096, int(limit))
         self.max_logprobs = 64
         compile = (not on_cpu) if compile is None else compile
@@ -145,7 +147,7 @@ class VLLMBackend:
             raise BackendError(f"vLLM could not serve the model at {self.path}: {type(e).__name__}: {e}") from e
         self._sampling = vllm.SamplingParams
         self._trie_files: dict[str, str] = {}
-        VLLMBackend._live.setdefault(("unshared", id(self)), self)   # seen by close() of others
+        VLLMBackend._open.append(self)
         atexit.register(self.close)
 
     # ---------------------------------------------------------------------- lifecycle
@@ -155,10 +157,9 @@ class VLLMBackend:
         llm = self.__dict__.pop("llm", None)
         if llm is None:
             return
-        others = [b for b in VLLMBackend._live.values() if b is not self and "llm" in b.__dict__]
-        VLLMBackend._live = {k: b for k, b in VLLMBackend._live.items() if b is not self}
+        VLLMBackend._open.remove(self)
         core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        if core is not None and not (self.in_process and others):
+        if core is not None and not (self.in_process and VLLMBackend._open):
             core.shutdown()
 
     def __enter__(self) -> "VLLMBackend":
@@ -289,13 +290,7 @@ def _processor_class():
     return TrieLogitsProcessor
 
 
-def _config(path: str):
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(path)
-
-
-def _input_embeddings(path: str, dtype: str) -> torch.Tensor:
+def _input_embeddings(path: str, config, dtype: str) -> torch.Tensor:
     """The LLM's input embedding matrix, read from its safetensors without loading the model
     (vLLM holds the model; soft prompts only need this table)."""
     import json
@@ -303,7 +298,6 @@ def _input_embeddings(path: str, dtype: str) -> torch.Tensor:
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    config = _config(path)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
     table = skeleton.get_input_embeddings()

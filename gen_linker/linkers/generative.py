@@ -93,7 +93,7 @@ class GenerativeLinker:
         return [self._prompt(m, d) for m, d in zip(mentions, demos)]
 
     def _prompt(self, mention: Mention, demos: list[Demonstration]) -> Prompt:
-        ids, demos = self._prompt_ids(mention, demos)
+        ids, demos = self.prompt_ids(mention, demos)
         refs = image_refs(mention, demos)
         if self.images is None or not any(refs):
             return ids
@@ -109,7 +109,8 @@ class GenerativeLinker:
                                          self.template.blocks(mention.text, mention.mention, demos))
         return splice_images(self.backend.embed(ids), starts, prefixes)
 
-    def _prompt_ids(self, mention: Mention, demos: list[Demonstration]) -> tuple[list[int], list[Demonstration]]:
+    def prompt_ids(self, mention: Mention, demos: list[Demonstration]) -> tuple[list[int], list[Demonstration]]:
+        """Token ids of the text prompt and the demonstrations that fit in `max_prompt_tokens`."""
         tok = self.backend.tokenizer
         while True:
             ids = tok(self.template.render(mention.text, mention.mention, demos))["input_ids"]
