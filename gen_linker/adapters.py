@@ -1,10 +1,11 @@
 """Adapters: a trained mapper plus the card that says what it was trained for.
 
 A recipe (`adapters/NAME.yaml`, small YAML) says what to train; `gen-linker train --recipe`
-writes the adapter folder `adapters/NAME/` (git-ignored): `mapper/` (safetensors + shape) and
-`adapter.yaml`, the card naming the base LLM, the vision encoder, `n_prefix`, the prompt
+writes the adapter folder `adapters/NAME/` (git-ignored): `mapper/` (safetensors + shape),
+`lora/` when the recipe asks for LoRA on the LLM (a standard PEFT folder), and `adapter.yaml`,
+the card naming the base LLM, the vision encoder, `n_prefix`, the prompt
 template, the KB and training data, and the dev scores. `gen-linker link --adapter FOLDER`
-rebuilds the image prefixer from it for either backend.
+rebuilds the image prefixer from it, and the LoRA, for either backend.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from .errors import GenLinkerError
+from .lora import LoraSpec
 from .mapper import LinearMapper
 from .soft_prompts import ImagePrefixer
 from .vision import VisionEncoder
@@ -36,8 +38,10 @@ def load_recipe(path: str | Path) -> dict:
     unknown = set(data) - set(RECIPE_DEFAULTS) - set(RECIPE_PATHS) - {"name"}
     if unknown:
         raise GenLinkerError(f"recipe {path} has unknown keys: {', '.join(sorted(unknown))}")
-    if data.get("lora"):
-        raise GenLinkerError(f"recipe {path}: LoRA on the LLM is not supported yet (lora: true)")
+    try:
+        LoraSpec.from_recipe(data.get("lora"))
+    except GenLinkerError as e:
+        raise GenLinkerError(f"recipe {path}: {e}") from None
     recipe = {**RECIPE_DEFAULTS, "name": path.stem, "output": f"{path.stem}", **data}
     for key in RECIPE_PATHS:
         if recipe.get(key) is not None and not Path(recipe[key]).is_absolute():
@@ -60,14 +64,22 @@ def save_adapter(folder: str | Path, mapper: LinearMapper, card: dict) -> Path:
     return folder
 
 
+def lora_folder(folder: str | Path, card: dict) -> str | None:
+    """The adapter's LoRA folder (for the backend's `lora=`), or None when it has none."""
+    return str(Path(folder) / "lora") if card.get("lora") else None
+
+
 def load_adapter(folder: str | Path, image_root: str | Path | None = None,
                  cache_dir: str | Path | None = None) -> tuple[ImagePrefixer, dict]:
-    """The image prefixer an adapter describes, and its card."""
+    """The image prefixer an adapter describes, and its card (`lora_folder(folder, card)`
+    says which LoRA the backend must load)."""
     folder = Path(folder)
     if not (folder / "adapter.yaml").exists():
         raise GenLinkerError(f"{folder} is not an adapter folder (no adapter.yaml); train one with "
                              "gen-linker train --recipe adapters/NAME.yaml")
     card = yaml.safe_load((folder / "adapter.yaml").read_text())
+    if card.get("lora") and not (folder / "lora" / "adapter_config.json").exists():
+        raise GenLinkerError(f"adapter {folder}: the card names a LoRA but {folder / 'lora'} is missing")
     mapper = LinearMapper.load(folder / "mapper")
     encoder = vision_encoder(card["vision"])
     if encoder.feature_dim != mapper.feature_dim:
@@ -89,7 +101,8 @@ def train_adapter(recipe: dict, progress: bool = True):
     from .linkers.generative import GenerativeConfig, GenerativeLinker
     from .models import DEFAULT_LLM
     from .retrieval import demonstration_pool, make_retriever
-    from .training import TrainConfig, train_mapper
+    from .lora import add_lora, lora_parameters, save_lora
+    from .training import TrainConfig, load_weights, train_mapper
 
     kb = KnowledgeBase.open(recipe["kb"])
     train = datasets.load(Path(recipe["train"])).valid
@@ -97,6 +110,9 @@ def train_adapter(recipe: dict, progress: bool = True):
     backend = load_backend("hf", recipe["llm"], dtype=recipe["dtype"])
     encoder = vision_encoder(recipe["vision"])
     torch.manual_seed(recipe["seed"])
+    lora = LoraSpec.from_recipe(recipe["lora"])
+    if lora is not None:
+        add_lora(backend.model, lora)
     mapper = LinearMapper(encoder.feature_dim, int(backend.embed([0]).shape[-1]), recipe["n_prefix"])
     root = Path(recipe["image_root"]) if recipe["image_root"] else None
     images = ImagePrefixer(encoder, mapper, root, kb.cache_dir())
@@ -109,10 +125,12 @@ def train_adapter(recipe: dict, progress: bool = True):
                             batch_size=recipe["batch_size"], seed=recipe["seed"])
     report = train_mapper(linker, train, dev, train_cfg, out / "training", progress=progress)
     if (out / "training" / "best" / "mapper.yaml").exists():
-        mapper = LinearMapper.load(out / "training" / "best")
+        load_weights(out / "training" / "best", mapper, lora_parameters(backend.model))
+    if lora is not None:
+        save_lora(backend.model, lora, out / "lora", base=recipe["llm"] or DEFAULT_LLM)
     card = {"name": recipe["name"], "base_llm": recipe["llm"] or DEFAULT_LLM, "vision": recipe["vision"],
             "prompt": recipe["prompt"], "kb": recipe["kb"], "train": recipe["train"], "dev": recipe["dev"],
             "image_root": recipe["image_root"], "num_demos": recipe["num_demos"], "retriever": recipe["retriever"],
             "training": vars(train_cfg), "epoch_loss": report.epoch_loss, "dev_top1": report.dev_top1,
-            "best_epoch": report.best_epoch}
+            "best_epoch": report.best_epoch, "lora": vars(lora) if lora else None}
     return save_adapter(out, mapper, card), report

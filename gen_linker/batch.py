@@ -30,10 +30,13 @@ class BatchSummary:
     nil: int = 0
     errors: int = 0
     resumed: int = 0
+    image_errors: int = 0   # mentions linked without their image (missing / unreadable / corrupt)
     error_messages: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         text = f"{self.linked} linked, {self.nil} NIL, {self.errors} error(s)"
+        if self.image_errors:
+            text += f", {self.image_errors} linked without their image (bad image)"
         return text + (f", {self.resumed} already done (resumed)" if self.resumed else "")
 
 
@@ -91,6 +94,9 @@ def _link_chunk(linker: Linker, chunk: list[tuple[int, Mention | RecordError]], 
         else:
             summary.linked += res.entity_id is not None
             summary.nil += res.entity_id is None
+            if res.image_error:
+                summary.image_errors += 1
+                summary.error_messages.append(f"{res.mention_id}: linked without image: {res.image_error}")
             lines.append(res.to_dict())
     return lines
 

@@ -1,4 +1,4 @@
-"""The `gen-linker` command: convert, build-kb, link, eval, demo.
+"""The `gen-linker` command: convert, build-kb, train, train-dim, link, eval, demo.
 
 Every subcommand reads the same file types (gen-linker JSONL mentions, entities JSONL or a KB
 folder, or a public dataset format) and reports bad input per record, never by crashing.
@@ -61,6 +61,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
+    td = sub.add_parser("train-dim", help="train the DIM discriminative linker (N-pair loss, frozen encoders)")
+    td.add_argument("--kb", type=Path, required=True, help="entities JSONL file or KB folder")
+    td.add_argument("--train", type=Path, required=True, help="training mentions with gold ids (any supported format)")
+    td.add_argument("--train-split", choices=("train", "dev", "test"), help="split of --train (e.g. train)")
+    td.add_argument("--dev", type=Path, help="dev mentions: Top-1 each epoch, the best epoch kept")
+    td.add_argument("--dev-split", choices=("train", "dev", "test"), help="split of --dev")
+    td.add_argument("--output", type=Path, required=True, help="folder for the trained DIM (and its checkpoints)")
+    td.add_argument("--epochs", type=int, default=5)
+    td.add_argument("--lr", type=float, default=1e-3)
+    td.add_argument("--batch-size", type=int, default=64, help="mentions per step (each a negative for the others)")
+    td.add_argument("--hard-negatives", type=int, default=8, help="retrieved non-gold candidates per mention")
+    td.add_argument("--vision", default="none", help="vision encoder: none, random:SEED or a CLIP folder")
+    td.add_argument("--image-root", type=Path, help="folder that image paths in the mentions are relative to")
+    td.add_argument("--captions", type=Path, help="captions JSONL for the expert features ({id|image, caption, answer?})")
+    td.add_argument("--descriptions", type=Path, help="entity descriptions JSONL ({id, description}) used "
+                                                     "instead of the KB's (e.g. from gen-linker describe)")
+    td.add_argument("--encoder", help="sentence-transformers text encoder (default: packaged all-MiniLM-L6-v2)")
+    td.add_argument("--seed", type=int, default=0)
+    td.add_argument("--no-progress", action="store_true", help="no progress bar")
+    td.set_defaults(func=cmd_train_dim)
+
     ln = sub.add_parser("link", help="link mentions to a knowledge base")
     ln.add_argument("--kb", type=Path, required=True, help="entities JSONL file or KB folder")
     _dataset_args(ln, "--input")
@@ -98,7 +119,11 @@ def _dataset_args(p: argparse.ArgumentParser, flag: str, help: str = "mentions: 
 
 def _linker_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("linker")
-    g.add_argument("--linker", default="generative", choices=("generative", "exact", "bm25"))
+    g.add_argument("--linker", default="generative", choices=("generative", "dim", "exact", "bm25"))
+    g.add_argument("--dim", type=Path, help="--linker dim: a trained DIM folder (gen-linker train-dim)")
+    g.add_argument("--candidates", type=int, default=100, help="--linker dim: retrieved candidates ranked (default 100)")
+    g.add_argument("--captions", type=Path, help="captions JSONL for DIM's expert features")
+    g.add_argument("--descriptions", type=Path, help="entity descriptions JSONL ({id, description}) instead of the KB's")
     g.add_argument("--llm", help="causal LM folder or hub id (default: packaged SmolLM2-135M-Instruct)")
     g.add_argument("--backend", default="hf", choices=BACKENDS,
                    help="generation backend: hf (transformers, default) or vllm (batched, high throughput)")
@@ -224,6 +249,8 @@ def make_linker(args, kb, n_mentions: int | None = None):
         return ExactNameLinker(kb)
     if args.linker == "bm25":
         return BM25NameLinker(kb, top_k=args.top_k or 10)
+    if args.linker == "dim":
+        return _dim_linker(args, kb)
     demos: list[Mention] = []
     if args.demos:
         demo_ds = datasets.load(args.demos, args.demos_format, args.demos_split)
@@ -242,13 +269,27 @@ def make_linker(args, kb, n_mentions: int | None = None):
         options.update(compile=vllm_compile(args.vllm_compile, n_mentions), kv_cache_gb=args.kv_cache_gb)
     images, llm = None, args.llm
     if args.adapter:
-        from .adapters import load_adapter
+        from .adapters import load_adapter, lora_folder
 
         images, card = load_adapter(args.adapter, args.image_root, kb.cache_dir())
         llm = _adapter_llm(args.llm, card, args.adapter)
+        if lora_folder(args.adapter, card):
+            options["lora"] = lora_folder(args.adapter, card)
     backend = load_backend(args.backend, llm, **options)
     return GenerativeLinker.from_pretrained(kb, backend=backend, demos=demos, config=config,
                                             encoder=args.encoder, images=images)
+
+
+def _dim_linker(args, kb):
+    from .annotations import read_captions, read_descriptions
+    from .linkers.dim import DIMLinker
+
+    if not args.dim:
+        raise GenLinkerError("--linker dim needs --dim FOLDER (a DIM trained with gen-linker train-dim)")
+    return DIMLinker.from_pretrained(args.dim, kb, image_root=args.image_root,
+                                     captions=read_captions(args.captions) if args.captions else None,
+                                     descriptions=read_descriptions(args.descriptions) if args.descriptions else None,
+                                     num_candidates=args.candidates, top_k=args.top_k or 10)
 
 
 def _adapter_llm(asked: str | None, card: dict, folder: Path) -> str:
@@ -268,6 +309,36 @@ def cmd_train(args) -> int:
     folder, report = train_adapter(recipe, progress=not args.no_progress)
     best = f", best dev Top-1 {max(report.dev_top1):.3f} (epoch {report.best_epoch + 1})" if report.dev_top1 else ""
     print(f"adapter {folder}: loss {' -> '.join(f'{x:.3f}' for x in report.epoch_loss)}{best}")
+    return 0
+
+
+def cmd_train_dim(args) -> int:
+    from .adapters import vision_encoder
+    from .annotations import read_captions, read_descriptions
+    from .dim_training import DIMTrainConfig, train_dim
+    from .kb import KnowledgeBase
+    from .linkers.dim import DIMFeaturizer
+
+    kb = KnowledgeBase.open(args.kb)
+    train = datasets.load(args.train, "auto", args.train_split).valid
+    dev = datasets.load(args.dev, "auto", args.dev_split).valid if args.dev else []
+    vision = None if args.vision == "none" else vision_encoder(args.vision)
+    descriptions = read_descriptions(args.descriptions) if args.descriptions else None
+    featurizer = DIMFeaturizer(args.encoder, vision, args.image_root,
+                               read_captions(args.captions) if args.captions else None, kb.cache_dir())
+    config = DIMTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                            hard_negatives=args.hard_negatives, seed=args.seed)
+    model, report = train_dim(kb, train, dev, featurizer, config, args.output / "training", descriptions,
+                              progress=not args.no_progress)
+    card = {"text_encoder": args.encoder, "vision": None if args.vision == "none" else args.vision,
+            "kb": str(args.kb), "train": str(args.train), "dev": str(args.dev) if args.dev else None,
+            "descriptions": str(args.descriptions) if args.descriptions else None,
+            "captions": str(args.captions) if args.captions else None, "training": vars(config),
+            "epoch_loss": report.epoch_loss, "dev_top1": report.dev_top1, "best_epoch": report.best_epoch,
+            "created": time.strftime("%Y-%m-%d %H:%M")}
+    model.save(args.output, card)
+    best = f", best dev Top-1 {max(report.dev_top1):.3f} (epoch {report.best_epoch + 1})" if report.dev_top1 else ""
+    print(f"DIM {args.output}: loss {' -> '.join(f'{x:.3f}' for x in report.epoch_loss)}{best}")
     return 0
 
 

@@ -33,9 +33,15 @@ class SentenceEncoder:
         self.path = resolve_sentence_encoder(model)
         self.model = _load(self.path)
 
+    @property
+    def dim(self) -> int:
+        """Embedding size."""
+        get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(get())
+
     def encode(self, texts: Sequence[str], batch_size: int = 128, show_progress: bool = False) -> np.ndarray:
         if not texts:
-            return np.zeros((0, self.model.get_sentence_embedding_dimension()), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
         emb = self.model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
                                 convert_to_numpy=True, show_progress_bar=show_progress)
         return emb.astype(np.float32, copy=False)

@@ -153,8 +153,15 @@ class BM25NameIndex:
 
     def candidates(self, mention: str, k: int = 10) -> list[Candidate]:
         scores = self.bm25.get_scores(words(mention))
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.lexsort((top, -scores[top]))]
         return [Candidate(self.ids[i], self.kb.get(self.ids[i]).name, float(scores[i]))
-                for i in top if scores[i] > 0]
+                for i in top_indices(scores, k, positive=True)]
+
+
+def top_indices(scores: np.ndarray, k: int, positive: bool = False) -> np.ndarray:
+    """Indices of the k highest scores, best first (ties by index); only scores > 0 if `positive`."""
+    k = min(k, len(scores))
+    if k <= 0:
+        return np.zeros(0, dtype=int)
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.lexsort((top, -scores[top]))]
+    return top[scores[top] > 0] if positive else top

@@ -85,6 +85,7 @@ class LinkResult:
     candidates: list[Candidate] = field(default_factory=list)
     linker: str = "generative"
     fallback: str | None = None
+    image_error: str | None = None   # why the mention's image could not be used (linked without it)
 
     def to_dict(self) -> dict[str, Any]:
         """The output record of `gen-linker link` (the mention id is written as `id`)."""
@@ -98,6 +99,8 @@ class LinkResult:
         }
         if self.fallback is not None:
             d["fallback"] = self.fallback
+        if self.image_error is not None:
+            d["image_error"] = self.image_error
         return d
 
     @classmethod
@@ -110,4 +113,5 @@ class LinkResult:
             candidates=[Candidate(**c) for c in data.get("candidates", [])],
             linker=data.get("linker", "generative"),
             fallback=data.get("fallback"),
+            image_error=data.get("image_error"),
         )

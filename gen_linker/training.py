@@ -1,7 +1,8 @@
 """Training the linear mapper with the vision encoder and the LLM frozen (GEMEL's recipe).
 
 Loss: the language-model loss of the gold entity's name (and the end token) after the prompt,
-which holds the retrieved demonstrations and every block's image prefix. AdamW, gradient
+which holds the retrieved demonstrations and every block's image prefix. LoRA layers added to
+the LLM beforehand (`gen_linker.lora.add_lora`) are trained with the mapper. AdamW, gradient
 accumulation, a dev-set Top-1 check after each epoch with the best mapper kept, and a
 checkpoint after each epoch so that a killed run resumes where it stopped.
 """
@@ -18,6 +19,7 @@ import torch
 
 from .errors import GenLinkerError
 from .linkers.generative import GenerativeLinker, image_refs
+from .lora import lora_parameters
 from .mapper import LinearMapper
 from .schema import Mention
 
@@ -70,12 +72,17 @@ def train_mapper(linker: GenerativeLinker, train: Sequence[Mention], dev: Sequen
     if not examples:
         raise GenLinkerError("no training mention has a gold entity in the KB")
     mapper: LinearMapper = linker.images.mapper
-    linker.backend.model.requires_grad_(False)
-    optimizer = torch.optim.AdamW(mapper.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    model = linker.backend.model
+    model.requires_grad_(False)
+    lora = lora_parameters(model)   # LoRA layers, if any were added
+    for p in lora.values():
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW([*mapper.parameters(), *lora.values()], lr=config.lr,
+                                  weight_decay=config.weight_decay)
     report, start = TrainReport(), 0
     out = Path(output) if output else None
     if out is not None and (out / "checkpoint" / "state.json").exists():
-        start, report = _load_checkpoint(out / "checkpoint", mapper, optimizer)
+        start, report = _load_checkpoint(out / "checkpoint", mapper, lora, optimizer)
 
     # Demonstrations and image features are fixed: retrieve and encode once.
     demos = [linker.prompt_ids(m, d)[1] for m, d in
@@ -103,9 +110,9 @@ def train_mapper(linker: GenerativeLinker, train: Sequence[Mention], dev: Sequen
             if report.best_epoch is None or report.dev_top1[-1] > report.dev_top1[report.best_epoch]:
                 report.best_epoch = epoch
                 if out is not None:
-                    mapper.save(out / "best")
+                    _save_weights(out / "best", mapper, lora)
         if out is not None:
-            _save_checkpoint(out / "checkpoint", mapper, optimizer, epoch + 1, report)
+            _save_checkpoint(out / "checkpoint", mapper, lora, optimizer, epoch + 1, report)
     return report
 
 
@@ -115,16 +122,37 @@ def dev_top1(linker: GenerativeLinker, dev: Sequence[Mention]) -> float:
     return float(np.mean([r.entity_id == m.gold for r, m in zip(results, dev)])) if dev else 0.0
 
 
-def _save_checkpoint(folder: Path, mapper: LinearMapper, optimizer, epochs_done: int, report: TrainReport) -> None:
+def _save_weights(folder: Path, mapper: LinearMapper, lora: dict[str, torch.Tensor]) -> None:
+    """The mapper, and the LoRA weights by parameter name when training has any."""
+    from safetensors.torch import save_file
+
     mapper.save(folder)
+    if lora:
+        save_file({n: p.detach().contiguous() for n, p in lora.items()}, str(folder / "lora.safetensors"))
+
+
+def load_weights(folder: Path, mapper: LinearMapper, lora: dict[str, torch.Tensor]) -> None:
+    """Inverse of `_save_weights`, into the live mapper and LoRA parameters."""
+    from safetensors.torch import load_file
+
+    mapper.load_state_dict(LinearMapper.load(folder).state_dict())
+    if lora:
+        with torch.no_grad():
+            for n, value in load_file(str(folder / "lora.safetensors")).items():
+                lora[n].copy_(value)
+
+
+def _save_checkpoint(folder: Path, mapper: LinearMapper, lora: dict, optimizer, epochs_done: int,
+                     report: TrainReport) -> None:
+    _save_weights(folder, mapper, lora)
     torch.save(optimizer.state_dict(), folder / "optimizer.pt")
     tmp = folder / "state.json.tmp"
     tmp.write_text(json.dumps({"epochs_done": epochs_done, "report": report.to_dict()}))
     tmp.replace(folder / "state.json")   # the state names a complete checkpoint or none
 
 
-def _load_checkpoint(folder: Path, mapper: LinearMapper, optimizer) -> tuple[int, TrainReport]:
+def _load_checkpoint(folder: Path, mapper: LinearMapper, lora: dict, optimizer) -> tuple[int, TrainReport]:
     state = json.loads((folder / "state.json").read_text())
-    mapper.load_state_dict(LinearMapper.load(folder).state_dict())
+    load_weights(folder, mapper, lora)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     return int(state["epochs_done"]), TrainReport(**state["report"])

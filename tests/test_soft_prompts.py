@@ -79,6 +79,26 @@ def test_missing_image_links_without_it_and_is_reported(hf_backend, tmp_path):
     result = linker.link([query])[0]
     assert result.entity_id is not None
     assert "nowhere.png" in linker.images.errors
+    assert "nowhere.png" in result.image_error and "nowhere.png" in result.to_dict()["image_error"]
+
+
+def test_a_batch_with_bad_images_goes_on_and_counts_them(hf_backend, tmp_path):
+    import json
+
+    from gen_linker.batch import link_to_file
+
+    linker = linker_for(hf_backend, tmp_path)
+    queries = mentions(TEST, tmp_path)
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG not really")
+    bad = {queries[0].id: "gone.png", queries[1].id: "corrupt.png"}
+    queries = [Mention(m.id, m.text, m.mention, gold=m.gold, image=bad.get(m.id, m.image)) for m in queries]
+    summary = link_to_file(linker, queries, tmp_path / "out.jsonl", chunk_size=2, progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in lines] == [m.id for m in queries]
+    assert summary.image_errors == 2 and summary.linked + summary.nil == len(queries)
+    assert "gone.png" in lines[0]["image_error"] and "corrupt.png" in lines[1]["image_error"]
+    assert all("image_error" not in r for r in lines[2:])
+    assert "2 linked without their image" in summary.line()
 
 
 def test_hf_and_vllm_give_the_same_beams_with_images(hf_backend, vllm_backend, tmp_path):

@@ -37,7 +37,7 @@ class HFBackend:
     default_batch_size = 8
 
     def __init__(self, llm: str | None = None, *, dtype: str = "auto", device: str = "cpu",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, lora: str | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if threads:
@@ -46,6 +46,10 @@ class HFBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.dtype = default_dtype(device) if dtype == "auto" else dtype
         self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=_DTYPES[self.dtype]).to(device)
+        if lora:  # a trained LoRA (PEFT folder), merged into the weights
+            from ..lora import load_lora
+
+            load_lora(self.model, lora)
         self.model.eval()
         self.device = torch.device(device)
         self._embedding = self.model.get_input_embeddings()

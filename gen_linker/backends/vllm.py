@@ -102,7 +102,7 @@ class VLLMBackend:
     def __init__(self, llm: str | None = None, *, dtype: str = "auto", in_process: bool | None = None,
                  compile: bool | None = None, kv_cache_gb: float | None = None, block_size: int | None = None,
                  max_model_len: int | None = None, max_num_seqs: int = 512, seed: int = 0,
-                 engine_args: dict | None = None) -> None:
+                 lora: str | None = None, engine_args: dict | None = None) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
         from .hf import default_dtype
@@ -140,6 +140,7 @@ class VLLMBackend:
             args["max_num_batched_tokens"] = 2048
         elif block_size:
             args["block_size"] = block_size
+        self._lora = self._lora_request(lora, args) if lora else None
         args.update(engine_args or {})
         try:
             self.llm = vllm.LLM(**args)
@@ -149,6 +150,19 @@ class VLLMBackend:
         self._trie_files: dict[str, str] = {}
         VLLMBackend._open.append(self)
         atexit.register(self.close)
+
+    @staticmethod
+    def _lora_request(folder: str, args: dict):
+        """vLLM's LoRA support for a saved PEFT folder: the engine is started with LoRA enabled
+        at the adapter's rank, and every request names the adapter."""
+        from vllm.lora.request import LoRARequest
+
+        from ..lora import read_spec
+
+        rank = read_spec(folder).r
+        args.update(enable_lora=True, max_loras=1, max_lora_rank=next(r for r in (8, 16, 32, 64, 128, 256, 320, 512)
+                                                                     if r >= rank))
+        return LoRARequest("gen-linker-adapter", 1, str(Path(folder).resolve()))
 
     # ---------------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -240,7 +254,7 @@ class VLLMBackend:
         params = [self._sampling(max_tokens=len(chain) + 1, temperature=0.0, logprobs=k, detokenize=False,
                                  ignore_eos=True, extra_args=self._trie_args(trie, b.state, mark_end=True))
                   for b, chain in zip(live, chains)]
-        outs = self._engine().generate(requests, params, use_tqdm=False)
+        outs = self._engine().generate(requests, params, use_tqdm=False, lora_request=self._lora)
         found: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
         for beam, chain, out in zip(live, chains, outs):
             state, tokens = beam.state, beam.tokens
@@ -262,7 +276,8 @@ class VLLMBackend:
         """Greedy decoding under the trie, whole requests inside vLLM: the fastest mode (top-1)."""
         params = self._sampling(max_tokens=max_new_tokens, temperature=0.0, logprobs=0, detokenize=False,
                                 stop_token_ids=[trie.end_token], extra_args=self._trie_args(trie, ROOT, False))
-        outs = self._engine().generate([self._request(p) for p in prompts], params, use_tqdm=False)
+        outs = self._engine().generate([self._request(p) for p in prompts], params, use_tqdm=False,
+                                       lora_request=self._lora)
         results = []
         for out in outs:
             gen = out.outputs[0]

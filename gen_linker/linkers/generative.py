@@ -153,10 +153,19 @@ class GenerativeLinker:
         names = self.kb.names()
         cands = [Candidate(eid, names[h.value], h.score)
                  for h in hyps for eid in self.kb.ids_for_name(names[h.value])]
+        image_error = self.image_error(mention)
         if not cands:
-            return LinkResult(mention.id, None, None, None, [], self.name)
+            return LinkResult(mention.id, None, None, None, [], self.name, image_error=image_error)
         best = cands[0]
-        return LinkResult(mention.id, best.entity_id, best.name, best.score, cands, self.name)
+        return LinkResult(mention.id, best.entity_id, best.name, best.score, cands, self.name,
+                          image_error=image_error)
+
+    def image_error(self, mention: Mention) -> str | None:
+        """Why the mention's own image was not used, if it has one that could not be read."""
+        if self.images is None or not mention.image:
+            return None
+        err = self.images.errors.get(str(mention.image))
+        return None if err is None else str(err)
 
     def process_text(self, text: str, mention: str, start: int | None = None,
                      end: int | None = None, mention_id: str = "0") -> LinkResult:

@@ -1,0 +1,127 @@
+"""DIM: shapes, N-pair loss, training, save/load, candidates, and the CLI on tiny instances
+(the packaged MiniLM as text encoder, a frozen random CLIP for images)."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ENTITIES, TEST, TRAIN, write_jsonl
+from gen_linker import datasets
+from gen_linker.candidates import CandidateRetriever, recall_at
+from gen_linker.dim_training import DIMTrainConfig, batch_loss, train_dim
+from gen_linker.kb import KnowledgeBase
+from gen_linker.linkers.dim import DIMConfig, DIMFeaturizer, DIMLinker, DIMModel, MentionFeatures, npair_loss
+from gen_linker.schema import Entity, Mention
+from gen_linker.vision import VisionEncoder
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+from synthetic_mel import generate  # noqa: E402
+
+pytestmark = pytest.mark.real_models   # the packaged MiniLM
+
+
+def toy_kb() -> KnowledgeBase:
+    return KnowledgeBase.from_entities([Entity.from_dict(e) for e in ENTITIES])
+
+
+def test_npair_loss_matches_a_hand_computed_value():
+    pos = torch.tensor([2.0, 0.5])
+    neg = torch.tensor([[1.0, 0.0], [0.5, 3.0]])
+    want = (math.log(1 + math.exp(-1) + math.exp(-2)) + math.log(1 + math.exp(0) + math.exp(2.5))) / 2
+    assert npair_loss(pos, neg).item() == pytest.approx(want, abs=1e-6)
+    mask = torch.tensor([[True, False], [True, True]])     # drop the second negative of the first row
+    want = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(0) + math.exp(2.5))) / 2
+    assert npair_loss(pos, neg, mask).item() == pytest.approx(want, abs=1e-6)
+
+
+def test_forward_and_backward_shapes_with_and_without_images_and_experts():
+    torch.manual_seed(0)
+    model = DIMModel(DIMConfig(text_dim=12, image_dim=6, dim=8, heads=2))
+    text, image, expert = torch.randn(5, 12), torch.randn(5, 6), torch.randn(5, 12)
+    has_image = torch.tensor([True, False, True, False, True])
+    m = model.mentions(text, image, has_image, expert, torch.ones(5, dtype=torch.bool))
+    assert m.shape == (5, 8) and torch.allclose(m.norm(dim=-1), torch.ones(5))
+    assert model.mentions(text).shape == (5, 8)               # no image, no expert at all
+    e = model.entities(torch.randn(7, 12))
+    assert e.shape == (7, 8) and model.scores(m, e).shape == (5, 7)
+    # an absent image is the learned "no image" vector: the image's content does not matter
+    other = image.clone()
+    other[:2] += 100                                            # row 0 has an image, row 1 has none
+    m2 = model.mentions(text, other, has_image, expert, torch.ones(5, dtype=torch.bool))
+    assert torch.allclose(m[1], m2[1]) and not torch.allclose(m[0], m2[0])
+    feats = MentionFeatures(text, image, has_image)
+    loss = batch_loss(model, feats, torch.randn(7, 12), torch.tensor([0, 1, 1, 3, 4]),
+                      torch.tensor([[2, 5], [6, -1], [0, 2], [-1, -1], [1, 4]]))
+    loss.backward()
+    assert loss.item() > 0
+    # without expert text only the "no expert" vector stands in for it
+    assert all(p.grad is not None for n, p in model.named_parameters() if not n.startswith("expert_proj"))
+
+
+def test_candidates_fuse_bm25_and_dense_and_report_recall():
+    kb = toy_kb()
+    mentions = [Mention.from_dict(r) for r in TEST]
+    retriever = CandidateRetriever(kb)
+    cands = retriever.retrieve(mentions, k=5)
+    assert all(len(c) == 5 for c in cands)
+    assert cands[1][0].entity_id == "Q4"                     # "Francis Condon": BM25 and dense agree
+    # "Bucks" shares a word only with "Milwaukee Bucks"; dense adds more entities below it
+    assert cands[3][0].entity_id == "Q8"
+    r = recall_at(cands, mentions, (1, 5))
+    assert r[1] <= r[5] and r[5] == 1.0
+
+
+def test_dim_trains_saves_loads_and_uses_images(tmp_path):
+    """Synthetic benchmark: entities of a group share a name, only images tell them apart."""
+    root = tmp_path / "bench"
+    generate(root, groups=4, per_group=3, mentions=10, seed=0)
+    kb = KnowledgeBase.from_jsonl(root / "entities.jsonl")
+    train, dev, test = (datasets.load(root / f"{s}.jsonl").valid for s in ("train", "dev", "test"))
+    config = DIMTrainConfig(epochs=30, lr=3e-3, batch_size=16, hard_negatives=4, dim=64, heads=2)
+    top1 = {}
+    for name, vision in (("text", None), ("images", VisionEncoder.from_config(seed=0))):
+        featurizer = DIMFeaturizer(None, vision, root, cache_dir=root / "cache")
+        model, report = train_dim(kb, train, dev, featurizer, config, tmp_path / name / "training", progress=False)
+        assert report.epoch_loss[-1] < report.epoch_loss[0]
+        linker = DIMLinker(kb, model, featurizer, num_candidates=12, top_k=3)
+        results = linker.link(test)
+        top1[name] = sum(r.entity_id == m.gold for r, m in zip(results, test)) / len(test)
+    assert top1["text"] <= 0.45
+    print(top1)
+    assert top1["images"] >= top1["text"] + 0.25, top1
+
+    # save / load round trip: same scores
+    model.save(tmp_path / "dim", {"vision": "random:0", "text_encoder": None})
+    again = DIMLinker.from_pretrained(tmp_path / "dim", kb, image_root=root, num_candidates=12, top_k=3)
+    a, b = linker.link(test[:4]), again.link(test[:4])
+    assert [[(c.entity_id, round(c.score, 4)) for c in r.candidates] for r in a] == \
+           [[(c.entity_id, round(c.score, 4)) for c in r.candidates] for r in b]
+
+
+def test_cli_train_dim_then_link_and_resume(tmp_path):
+    from gen_linker.cli import main
+
+    kb_file = write_jsonl(tmp_path / "kb.jsonl", ENTITIES)
+    train_file = write_jsonl(tmp_path / "train.jsonl", TRAIN)
+    test_file = write_jsonl(tmp_path / "test.jsonl", TEST + [{"id": "bad", "text": "no mention here"}])
+    args = ["train-dim", "--kb", str(kb_file), "--train", str(train_file), "--dev", str(train_file),
+            "--output", str(tmp_path / "dim"), "--epochs", "3", "--batch-size", "4", "--no-progress"]
+    assert main(args) == 0
+    card = (tmp_path / "dim" / "dim.yaml").read_text()
+    assert "dev_top1" in card and "epoch_loss" in card
+    # resuming with more epochs continues after the three finished ones
+    assert main(args[:-3] + ["--epochs", "4", "--no-progress"]) == 0
+    state = json.loads((tmp_path / "dim" / "training" / "checkpoint" / "state.json").read_text())
+    assert state["epochs_done"] == 4 and len(state["report"]["epoch_loss"]) == 4
+    out = tmp_path / "out.jsonl"
+    assert main(["link", "--linker", "dim", "--dim", str(tmp_path / "dim"), "--kb", str(kb_file),
+                 "--input", str(test_file), "--output", str(out), "--no-progress"]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["m1", "m2", "m3", "m4", "m5", "bad"]
+    assert all(r["linker"] == "dim" and r["entity_id"] in {e["id"] for e in ENTITIES} for r in rows[:5])
+    assert "error" in rows[5]
+    assert main(["link", "--linker", "dim", "--kb", str(kb_file), "--input", str(test_file),
+                 "--output", str(tmp_path / "x.jsonl")]) == 1          # no --dim: a clear error
