@@ -82,6 +82,25 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--no-progress", action="store_true", help="no progress bar")
     td.set_defaults(func=cmd_train_dim)
 
+    ds = sub.add_parser("describe", help="write entity descriptions with an LLM (any OpenAI-compatible endpoint, "
+                                         "or a local vLLM server started with --serve)")
+    ds.add_argument("--kb", type=Path, required=True, help="entities JSONL file or KB folder")
+    ds.add_argument("--output", type=Path, required=True, help="descriptions JSONL to write ({id, description})")
+    ds.add_argument("--base-url", default="https://api.openai.com/v1", help="OpenAI-compatible API base URL")
+    ds.add_argument("--model", default="gpt-3.5-turbo", help="model name the endpoint serves")
+    ds.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    ds.add_argument("--serve", nargs="?", const="", metavar="LLM",
+                    help="start a local vLLM server on loopback (default LLM: packaged SmolLM2) and use it")
+    ds.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    ds.add_argument("--rate-limit", type=float, help="at most this many requests per second")
+    ds.add_argument("--retries", type=int, default=5, help="retries per entity on server errors (back-off doubles)")
+    ds.add_argument("--prompt", default="dim_describe", help="describe prompt name or YAML path")
+    ds.add_argument("--cache", type=Path, help="answer cache JSONL (default: beside the KB's caches); reruns "
+                                                "and resumed runs ask only for what it lacks")
+    ds.add_argument("--limit", type=int, help="describe only the first N entities")
+    ds.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ds.set_defaults(func=cmd_describe)
+
     ln = sub.add_parser("link", help="link mentions to a knowledge base")
     ln.add_argument("--kb", type=Path, required=True, help="entities JSONL file or KB folder")
     _dataset_args(ln, "--input")
@@ -119,8 +138,14 @@ def _dataset_args(p: argparse.ArgumentParser, flag: str, help: str = "mentions: 
 
 def _linker_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("linker")
-    g.add_argument("--linker", default="generative", choices=("generative", "dim", "exact", "bm25"))
-    g.add_argument("--dim", type=Path, help="--linker dim: a trained DIM folder (gen-linker train-dim)")
+    g.add_argument("--linker", default="generative", choices=("generative", "dim", "pipeline", "exact", "bm25"),
+                   help="generative (default), dim (discriminative), pipeline (generative, DIM as fallback), "
+                        "or the exact / bm25 name baselines")
+    g.add_argument("--dim", type=Path, help="--linker dim/pipeline: a trained DIM folder (gen-linker train-dim)")
+    g.add_argument("--margin", type=float, default=0.0,
+                   help="--linker pipeline: DIM also decides when the best generated name beats the next by "
+                        "less than this many nats (choose it on dev: eval/bench_pipeline.py; default 0: only "
+                        "unusable or ambiguous generations fall back)")
     g.add_argument("--candidates", type=int, default=100, help="--linker dim: retrieved candidates ranked (default 100)")
     g.add_argument("--captions", type=Path, help="captions JSONL for DIM's expert features")
     g.add_argument("--descriptions", type=Path, help="entity descriptions JSONL ({id, description}) instead of the KB's")
@@ -243,7 +268,6 @@ def vllm_compile(choice: str, n_mentions: int | None) -> bool | None:
 def make_linker(args, kb, n_mentions: int | None = None):
     """The linker the flags ask for (`n_mentions`: how many it will link, when known)."""
     from .linkers.baselines import BM25NameLinker, ExactNameLinker
-    from .linkers.generative import GenerativeConfig, GenerativeLinker
 
     if args.linker == "exact":
         return ExactNameLinker(kb)
@@ -251,6 +275,17 @@ def make_linker(args, kb, n_mentions: int | None = None):
         return BM25NameLinker(kb, top_k=args.top_k or 10)
     if args.linker == "dim":
         return _dim_linker(args, kb)
+    if args.linker == "pipeline":
+        from .linkers.pipeline import PipelineLinker
+
+        return PipelineLinker(kb, _generative_linker(args, kb, n_mentions), _dim_linker(args, kb),
+                              margin=args.margin, top_k=args.top_k or 10)
+    return _generative_linker(args, kb, n_mentions)
+
+
+def _generative_linker(args, kb, n_mentions: int | None):
+    from .linkers.generative import GenerativeConfig, GenerativeLinker
+
     demos: list[Mention] = []
     if args.demos:
         demo_ds = datasets.load(args.demos, args.demos_format, args.demos_split)
@@ -310,6 +345,32 @@ def cmd_train(args) -> int:
     best = f", best dev Top-1 {max(report.dev_top1):.3f} (epoch {report.best_epoch + 1})" if report.dev_top1 else ""
     print(f"adapter {folder}: loss {' -> '.join(f'{x:.3f}' for x in report.epoch_loss)}{best}")
     return 0
+
+
+def cmd_describe(args) -> int:
+    import contextlib
+
+    from .describe import DescribeConfig, LocalServer, describe
+    from .kb import KnowledgeBase
+
+    kb = KnowledgeBase.open(args.kb)
+    entities = list(kb)[: args.limit] if args.limit else list(kb)
+    config = DescribeConfig(base_url=args.base_url, model=args.model, api_key=os.environ.get(args.api_key_env),
+                            prompt=args.prompt, concurrency=args.concurrency, rate_limit=args.rate_limit,
+                            retries=args.retries)
+    server = contextlib.nullcontext()
+    if args.serve is not None:
+        server = LocalServer(args.serve or None, name="local", log=args.output.with_suffix(".server.log"))
+        config.model = "local"
+    with server as live:
+        if live is not None:
+            config.base_url = live.base_url
+        summary = describe(entities, config, args.cache or kb.cache_dir() / "descriptions-cache.jsonl",
+                           args.output, progress=not args.no_progress)
+    print(f"{args.output}: {summary.line()}", file=sys.stderr)
+    for eid, why in list(summary.failed.items())[:10]:
+        print(f"  failed: {eid}: {why}", file=sys.stderr)
+    return 0 if not summary.failed else 1
 
 
 def cmd_train_dim(args) -> int:

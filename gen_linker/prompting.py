@@ -42,7 +42,7 @@ class PromptTemplate:
     @classmethod
     def load(cls, name_or_path: str = DEFAULT_PROMPT) -> "PromptTemplate":
         """A template by name (from `prompts/`, in a checkout or an installed package) or path."""
-        path = _find_template(name_or_path)
+        path = find_template(name_or_path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
@@ -69,7 +69,7 @@ class PromptTemplate:
         return parts
 
 
-def _find_template(name_or_path: str) -> Path:
+def find_template(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if path.exists():

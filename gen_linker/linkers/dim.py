@@ -177,7 +177,11 @@ class DIMFeaturizer:
         return torch.from_numpy(self.encoder.encode_cached(texts, kb.cache_dir(), show_progress=show_progress))
 
     def mentions(self, mentions: Sequence[Mention], show_progress: bool = False) -> MentionFeatures:
-        text = torch.from_numpy(self.encoder.encode([mention_text(m) for m in mentions], show_progress=show_progress))
+        texts = [mention_text(m) for m in mentions]
+        if self.cache_dir is not None and len(texts) >= 1000:   # training sets: encoded once
+            text = torch.from_numpy(self.encoder.encode_cached(texts, self.cache_dir, show_progress=show_progress))
+        else:
+            text = torch.from_numpy(self.encoder.encode(texts, show_progress=show_progress))
         feats = MentionFeatures(text)
         if self.vision is not None and any(m.image for m in mentions):
             refs = [m.image for m in mentions]
