@@ -171,7 +171,14 @@ def _linker_args(p: argparse.ArgumentParser) -> None:
                    help="vllm on CPU: torch.compile the model (about a minute more to start, ~1.4x faster); "
                         f"auto: on from {COMPILE_FROM} mentions (always on on a GPU)")
     g.add_argument("--kv-cache-gb", type=float, help="vllm on CPU: KV cache size in GiB (default 2)")
-    g.add_argument("--prompt", default="gemel", help="prompt template name or YAML path (default gemel)")
+    g.add_argument("--prompt", default="gemel", help="prompt template name or YAML path (default gemel; "
+                                                     "gemel_candidates with --candidates-in-prompt)")
+    g.add_argument("--candidates-in-prompt", type=int, default=0, metavar="C",
+                   help="put the top-C retrieved candidates (BM25 + dense) with their descriptions (the KB's, "
+                        "or --descriptions) in the generative prompt (default 0: none; the design's C is 10)")
+    g.add_argument("--trie-scope", default="kb", choices=("kb", "candidates"),
+                   help="with --candidates-in-prompt: the trie over the whole KB (default) or only the prompt's "
+                        "candidates")
     g.add_argument("--seed", type=int, default=0, help="seed of the random demo retriever")
     g.add_argument("--adapter", type=Path, help="a trained adapter folder: image soft prefixes (default LLM: its base)")
     g.add_argument("--image-root", type=Path, help="folder that image paths in the mentions are relative to")
@@ -294,9 +301,15 @@ def _generative_linker(args, kb, n_mentions: int | None):
         if unknown:
             print(f"warning: {unknown} demonstration(s) in {args.demos} have a gold id that is not in "
                   "the KB and are not used", file=sys.stderr)
+    prompt = args.prompt
+    if args.candidates_in_prompt > 0 and prompt == "gemel":
+        prompt = "gemel_candidates"
+    if args.trie_scope == "candidates" and args.candidates_in_prompt <= 0:
+        raise GenLinkerError("--trie-scope candidates needs --candidates-in-prompt C (e.g. 10)")
     config = GenerativeConfig(num_demos=args.num_demos if demos else 0, retriever=args.demo_retriever,
-                              search=args.search, num_beams=args.beams, top_k=args.top_k, prompt=args.prompt,
-                              batch_size=args.batch_size, seed=args.seed)
+                              search=args.search, num_beams=args.beams, top_k=args.top_k, prompt=prompt,
+                              batch_size=args.batch_size, seed=args.seed,
+                              candidates_in_prompt=args.candidates_in_prompt, trie_scope=args.trie_scope)
     from .backends import load_backend
 
     options = {"dtype": args.dtype}
@@ -311,8 +324,11 @@ def _generative_linker(args, kb, n_mentions: int | None):
         if lora_folder(args.adapter, card):
             options["lora"] = lora_folder(args.adapter, card)
     backend = load_backend(args.backend, llm, **options)
-    return GenerativeLinker.from_pretrained(kb, backend=backend, demos=demos, config=config,
-                                            encoder=args.encoder, images=images)
+    from .annotations import read_descriptions
+
+    return GenerativeLinker.from_pretrained(kb, backend=backend, demos=demos, config=config, encoder=args.encoder,
+                                            images=images,
+                                            descriptions=read_descriptions(args.descriptions) if args.descriptions else None)
 
 
 def _dim_linker(args, kb):

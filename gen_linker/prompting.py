@@ -38,6 +38,11 @@ class PromptTemplate:
     header: str = ""
     image_slot: str = "before_text"
     description: str = ""
+    # Optional candidate block (before the query) for candidates with descriptions:
+    # `candidates` wraps the lines ({candidates}); `candidate` is one line ({name}, {description}).
+    candidates: str = ""
+    candidate: str = ""
+    max_description_words: int = 30
 
     @classmethod
     def load(cls, name_or_path: str = DEFAULT_PROMPT) -> "PromptTemplate":
@@ -56,17 +61,36 @@ class PromptTemplate:
         data.setdefault("name", path.stem)
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def render(self, text: str, mention: str, demos: Sequence[Demonstration] = ()) -> str:
-        """The full prompt: header, the demonstrations in the given order, then the query."""
-        return "".join(self.blocks(text, mention, demos))
+    def render(self, text: str, mention: str, demos: Sequence[Demonstration] = (),
+               candidates: Sequence[tuple[str, str | None]] = ()) -> str:
+        """The full prompt: header, the demonstrations in the given order, the candidate block
+        (when candidates are given), then the query."""
+        return "".join(self.blocks(text, mention, demos, candidates))
 
-    def blocks(self, text: str, mention: str, demos: Sequence[Demonstration] = ()) -> list[str]:
-        """The prompt's pieces: header, one per demonstration, the query. An image's soft
-        prefix goes at the start of its block (`image_slot: before_text`)."""
+    def blocks(self, text: str, mention: str, demos: Sequence[Demonstration] = (),
+               candidates: Sequence[tuple[str, str | None]] = ()) -> list[str]:
+        """The prompt's pieces: header, one per demonstration, the candidate block if any, the
+        query. An image's soft prefix goes at the start of its block (`image_slot: before_text`)."""
         parts = [self.header]
         parts.extend(self.demonstration.format(text=d.text, mention=d.mention, name=d.name) for d in demos)
+        if candidates:
+            parts.append(self.candidate_block(candidates))
         parts.append(self.query.format(text=text, mention=mention))
         return parts
+
+    def candidate_block(self, candidates: Sequence[tuple[str, str | None]]) -> str:
+        """The candidates as (name, description) lines; descriptions cut to `max_description_words`."""
+        if not self.candidate:
+            raise PromptTemplateError(f"prompt template {self.name} has no candidate block: use a template with "
+                                      "`candidates` and `candidate` (e.g. --prompt gemel_candidates)")
+        lines = "".join(self.candidate.format(name=name, description=_cut(desc or "", self.max_description_words))
+                        for name, desc in candidates)
+        return self.candidates.format(candidates=lines) if self.candidates else lines
+
+
+def _cut(text: str, words: int) -> str:
+    parts = text.split()
+    return " ".join(parts[:words]) + (" ..." if len(parts) > words else "")
 
 
 def find_template(name_or_path: str) -> Path:
