@@ -79,13 +79,16 @@ def main() -> int:
         model, report = train_dim(kb, train, dev, featurizer, DIMTrainConfig(epochs=args.epochs),
                                   runs / f"dim-{label.split()[0].lower()}", descriptions, retriever)
         timings[f"DIM training ({label}) s"] = time.perf_counter() - t0
-        linker = DIMLinker(kb, model, featurizer, retriever, num_candidates=100, descriptions=descriptions)
-        dims[label] = linker
-        pred = runs / f"dim-{label.split()[0].lower()}.jsonl"
-        link_to_file(linker, test, pred, chunk_size=256, overwrite=True, total=len(test))
-        rows.append({"run": f"DIM ({label})", **score(read_predictions(pred), gold).to_dict(),
-                     "dev_top1_per_epoch": report.dev_top1})
-        print(rows[-1], flush=True)
+        rows.append({"run": f"candidate retriever alone ({label})", **score(_records(test, cands), gold).to_dict()})
+        for fuse in (False, True):
+            linker = DIMLinker(kb, model, featurizer, retriever, num_candidates=100, descriptions=descriptions,
+                               fuse_retrieval=fuse)
+            dims[(label, fuse)] = linker
+            pred = runs / f"dim-{label.split()[0].lower()}{'-fused' if fuse else ''}.jsonl"
+            link_to_file(linker, test, pred, chunk_size=256, overwrite=True, total=len(test))
+            rows.append({"run": f"DIM ({label}{', fused with retrieval ranks' if fuse else ''})",
+                         **score(read_predictions(pred), gold).to_dict(), "dev_top1_per_epoch": report.dev_top1})
+            print(rows[-1], flush=True)
 
     # --- generative (test and dev), the generative issue's settings
     backend = load_backend(args.backend, None, **({"compile": True} if args.backend == "vllm" else {}))
@@ -103,11 +106,11 @@ def main() -> int:
                     **score(read_predictions(runs / "generative-test.jsonl"), gold).to_dict()})
 
     # --- pipeline: margin chosen on dev, applied to test
-    for label, dim in dims.items():
+    for (label, fuse), dim in dims.items():
         pipe = PipelineLinker(kb, gen, dim)
         margin, dev_curve = tune_margin(pipe, dev, outputs["dev"])
         decided = pipe.decide(test, outputs["test"], margin)
-        path = runs / f"pipeline-{label.split()[0].lower()}.jsonl"
+        path = runs / f"pipeline-{label.split()[0].lower()}{'-fused' if fuse else ''}.jsonl"
         path.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in decided))
         fired = [i for i, r in enumerate(outputs["test"]) if fallback_reason(r, kb, margin)]
         reasons = {}
@@ -115,12 +118,18 @@ def main() -> int:
             reasons[decided[i].fallback] = reasons.get(decided[i].fallback, 0) + 1
         fixes = sum(outputs["test"][i].entity_id != test[i].gold and decided[i].entity_id == test[i].gold for i in fired)
         breaks = sum(outputs["test"][i].entity_id == test[i].gold and decided[i].entity_id != test[i].gold for i in fired)
-        rows.append({"run": f"pipeline (DIM with {label})", **score(read_predictions(path), gold).to_dict(),
+        rows.append({"run": f"pipeline (DIM with {label}{', fused' if fuse else ''})", **score(read_predictions(path), gold).to_dict(),
                      "margin": margin, "dev_top1_by_margin": dev_curve, "fallbacks": len(fired),
                      "fallback_reasons": reasons, "fixes": fixes, "breaks": breaks})
         print(rows[-1], flush=True)
     write(args, rows, recall, timings, len(test), len(dev), len(train), len(kb))
     return 0
+
+
+def _records(mentions, cands) -> dict[str, dict]:
+    """Retrieved candidates as link output records (the retriever used as a linker)."""
+    return {m.id: LinkResult(m.id, c[0].entity_id if c else None, c[0].name if c else None,
+                             c[0].score if c else None, c[:10], "candidates").to_dict() for m, c in zip(mentions, cands)}
 
 
 def write(args, rows, recall, timings, n_test, n_dev, n_train, n_kb) -> None:

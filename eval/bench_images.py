@@ -46,6 +46,7 @@ def main() -> int:
     ap.add_argument("--prefix", default="1,4,8", help="n_prefix values to train")
     ap.add_argument("--num-demos", type=int, default=4)
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results")
+    ap.add_argument("--name", default="images", help="results file stem (default images: images.md/.json)")
     args = ap.parse_args()
 
     bench = ROOT / "eval" / "runs" / "synthetic"
@@ -117,8 +118,8 @@ def write(args, r: dict) -> None:
               f"Vision features: {r['features_per_s_cold']:.0f} images/s encoded, "
               f"{r['features_per_s_cached']:.0f} images/s from the cache (same images, second pass)."]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "images.md").write_text("\n".join(lines) + "\n")
-    (args.out / "images.json").write_text(json.dumps(r, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(r, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -76,12 +76,18 @@ class CandidateRetriever:
         return out
 
     def _fuse(self, rankings: Sequence[np.ndarray], k: int) -> list[Candidate]:
-        fused: dict[int, float] = {}
-        for ranking in rankings:
-            for rank, i in enumerate(ranking):
-                fused[int(i)] = fused.get(int(i), 0.0) + 1.0 / (self.rrf_k + rank + 1)
-        best = sorted(fused.items(), key=lambda x: (-x[1], x[0]))[:k]
+        best = reciprocal_rank_fusion([[int(i) for i in r] for r in rankings], self.rrf_k)[:k]
         return [Candidate(self.ids[i], self.kb.get(self.ids[i]).name, s) for i, s in best]
+
+
+def reciprocal_rank_fusion(rankings: Sequence[Sequence], k: int = RRF_K) -> list[tuple]:
+    """(item, sum of 1 / (k + rank)) over the rankings (best first, rank from 1), best first;
+    ties keep the order in which items were first seen."""
+    fused: dict = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, 1):
+            fused[item] = fused.get(item, 0.0) + 1.0 / (k + rank)
+    return sorted(fused.items(), key=lambda x: -x[1])
 
 
 def recall_at(candidates: Sequence[Sequence[Candidate]], mentions: Sequence[Mention],

@@ -148,6 +148,8 @@ def _linker_args(p: argparse.ArgumentParser) -> None:
                         "unusable or ambiguous generations fall back)")
     g.add_argument("--candidates", type=int, default=100, help="--linker dim: retrieved candidates ranked (default 100)")
     g.add_argument("--captions", type=Path, help="captions JSONL for DIM's expert features")
+    g.add_argument("--fuse-retrieval", action="store_true",
+                   help="dim/pipeline: final order = reciprocal-rank fusion of DIM's and the retriever's")
     g.add_argument("--descriptions", type=Path, help="entity descriptions JSONL ({id, description}) instead of the KB's")
     g.add_argument("--llm", help="causal LM folder or hub id (default: packaged SmolLM2-135M-Instruct)")
     g.add_argument("--backend", default="hf", choices=BACKENDS,
@@ -340,7 +342,8 @@ def _dim_linker(args, kb):
     return DIMLinker.from_pretrained(args.dim, kb, image_root=args.image_root,
                                      captions=read_captions(args.captions) if args.captions else None,
                                      descriptions=read_descriptions(args.descriptions) if args.descriptions else None,
-                                     num_candidates=args.candidates, top_k=args.top_k or 10)
+                                     num_candidates=args.candidates, top_k=args.top_k or 10,
+                                     fuse_retrieval=args.fuse_retrieval)
 
 
 def _adapter_llm(asked: str | None, card: dict, folder: Path) -> str:

@@ -8,7 +8,6 @@ best model kept; a checkpoint after each epoch so a killed run resumes.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .candidates import CandidateRetriever
+from .checkpoints import has_state, read_state, write_state
 from .errors import GenLinkerError
 from .kb import KnowledgeBase
 from .linkers.dim import DIMConfig, DIMFeaturizer, DIMModel, MentionFeatures, npair_loss
@@ -88,8 +88,11 @@ def train_dim(kb: KnowledgeBase, train: Sequence[Mention], dev: Sequence[Mention
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     report, start = DIMReport(), 0
     out = Path(output) if output else None
-    if out is not None and (out / "checkpoint" / "state.json").exists():
+    if out is not None and has_state(out / "checkpoint"):
         start, report = _load_checkpoint(out / "checkpoint", model, optimizer)
+
+    if start >= config.epochs:          # a finished run: nothing to compute again
+        return _finished(model, out, report)
 
     # Frozen features and hard negatives, computed once.
     index = {e.id: i for i, e in enumerate(kb)}
@@ -128,6 +131,11 @@ def train_dim(kb: KnowledgeBase, train: Sequence[Mention], dev: Sequence[Mention
                     model.save(out / "best")
         if out is not None:
             _save_checkpoint(out / "checkpoint", model, optimizer, epoch + 1, report)
+    return _finished(model, out, report)
+
+
+def _finished(model: DIMModel, out: Path | None, report: DIMReport) -> tuple[DIMModel, DIMReport]:
+    """The best epoch's model when there was a dev check and an output folder, else the last."""
     if out is not None and report.best_epoch is not None:
         model, _ = DIMModel.load(out / "best")
     return model.eval(), report
@@ -152,15 +160,11 @@ def candidate_top1(model: DIMModel, featurizer: DIMFeaturizer, entity_feats: tor
 
 def _save_checkpoint(folder: Path, model: DIMModel, optimizer, epochs_done: int, report: DIMReport) -> None:
     model.save(folder)
-    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
-    tmp = folder / "state.json.tmp"
-    tmp.write_text(json.dumps({"epochs_done": epochs_done, "report": asdict(report)}))
-    tmp.replace(folder / "state.json")   # the state names a complete checkpoint or none
+    write_state(folder, optimizer, epochs_done, asdict(report))
 
 
 def _load_checkpoint(folder: Path, model: DIMModel, optimizer) -> tuple[int, DIMReport]:
-    state = json.loads((folder / "state.json").read_text())
     loaded, _ = DIMModel.load(folder)
     model.load_state_dict(loaded.state_dict())
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    return int(state["epochs_done"]), DIMReport(**state["report"])
+    epochs_done, report = read_state(folder, optimizer)
+    return epochs_done, DIMReport(**report)

@@ -8,7 +8,6 @@ checkpoint after each epoch so that a killed run resumes where it stopped.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .checkpoints import has_state, read_state, write_state
 from .errors import GenLinkerError
 from .linkers.generative import GenerativeLinker, image_refs
 from .lora import lora_parameters
@@ -81,7 +81,7 @@ def train_mapper(linker: GenerativeLinker, train: Sequence[Mention], dev: Sequen
                                   weight_decay=config.weight_decay)
     report, start = TrainReport(), 0
     out = Path(output) if output else None
-    if out is not None and (out / "checkpoint" / "state.json").exists():
+    if out is not None and has_state(out / "checkpoint"):
         start, report = _load_checkpoint(out / "checkpoint", mapper, lora, optimizer)
 
     # Demonstrations and image features are fixed: retrieve and encode once.
@@ -145,14 +145,10 @@ def load_weights(folder: Path, mapper: LinearMapper, lora: dict[str, torch.Tenso
 def _save_checkpoint(folder: Path, mapper: LinearMapper, lora: dict, optimizer, epochs_done: int,
                      report: TrainReport) -> None:
     _save_weights(folder, mapper, lora)
-    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
-    tmp = folder / "state.json.tmp"
-    tmp.write_text(json.dumps({"epochs_done": epochs_done, "report": report.to_dict()}))
-    tmp.replace(folder / "state.json")   # the state names a complete checkpoint or none
+    write_state(folder, optimizer, epochs_done, report.to_dict())
 
 
 def _load_checkpoint(folder: Path, mapper: LinearMapper, lora: dict, optimizer) -> tuple[int, TrainReport]:
-    state = json.loads((folder / "state.json").read_text())
     load_weights(folder, mapper, lora)
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    return int(state["epochs_done"]), TrainReport(**state["report"])
+    epochs_done, report = read_state(folder, optimizer)
+    return epochs_done, TrainReport(**report)

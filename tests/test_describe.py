@@ -1,7 +1,6 @@
 """`gen-linker describe` against a real local vLLM OpenAI server (the tiny model) on loopback,
 through a loopback proxy that can fail requests or slow them: retries, cache, kill + resume."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,6 @@ import pytest
 
 from conftest import ENTITIES, write_jsonl
 from gen_linker.describe import DescribeConfig, LocalServer, describe
-from gen_linker.kb import KnowledgeBase
 from gen_linker.schema import Entity
 
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"

@@ -123,5 +123,20 @@ def test_cli_train_dim_then_link_and_resume(tmp_path):
     assert [r["id"] for r in rows] == ["m1", "m2", "m3", "m4", "m5", "bad"]
     assert all(r["linker"] == "dim" and r["entity_id"] in {e["id"] for e in ENTITIES} for r in rows[:5])
     assert "error" in rows[5]
+    fused = tmp_path / "fused.jsonl"
+    assert main(["link", "--linker", "dim", "--dim", str(tmp_path / "dim"), "--kb", str(kb_file), "--fuse-retrieval",
+                 "--input", str(test_file), "--output", str(fused), "--no-progress"]) == 0
+    fused_rows = [json.loads(x) for x in fused.read_text().splitlines()]
+    assert all(0 < r["score"] <= 2 / 61 for r in fused_rows[:5])         # reciprocal-rank scores
     assert main(["link", "--linker", "dim", "--kb", str(kb_file), "--input", str(test_file),
                  "--output", str(tmp_path / "x.jsonl")]) == 1          # no --dim: a clear error
+
+
+def test_rank_fusion_by_hand():
+    from gen_linker.linkers.dim import fuse_rankings
+    from gen_linker.schema import Candidate
+
+    a, b, c = (Candidate(x, x, 0.0) for x in "ABC")
+    fused = fuse_rankings([a, b, c], [c, b])
+    assert [x.entity_id for x in fused] == ["C", "B", "A"]          # 1/63+1/61 > 2/62 > 1/61
+    assert fused[0].score == pytest.approx(1 / 63 + 1 / 61)

@@ -24,7 +24,7 @@ import torch
 import yaml
 from torch import nn
 
-from ..candidates import CandidateRetriever, entity_text, mention_text
+from ..candidates import CandidateRetriever, entity_text, mention_text, reciprocal_rank_fusion
 from ..encoders import SentenceEncoder
 from ..errors import GenLinkerError
 from ..kb import KnowledgeBase
@@ -207,6 +207,13 @@ class DIMFeaturizer:
         return feats
 
 
+def fuse_rankings(*rankings: Sequence[Candidate]) -> list[Candidate]:
+    """Reciprocal rank fusion of candidate lists (score: sum of 1 / (60 + rank))."""
+    names = {c.entity_id: c.name for ranking in rankings for c in ranking}
+    fused = reciprocal_rank_fusion([[c.entity_id for c in ranking] for ranking in rankings])
+    return [Candidate(e, names[e], score) for e, score in fused]
+
+
 # ------------------------------------------------------------------------------ linker
 class DIMLinker:
     """Retrieve candidates (BM25 + dense), rank them with a trained DIM; `rank` also serves the
@@ -216,8 +223,11 @@ class DIMLinker:
 
     def __init__(self, kb: KnowledgeBase, model: DIMModel, featurizer: DIMFeaturizer,
                  retriever: CandidateRetriever | None = None, num_candidates: int = 100, top_k: int = 10,
-                 descriptions: Mapping[str, str] | None = None) -> None:
+                 descriptions: Mapping[str, str] | None = None, fuse_retrieval: bool = False) -> None:
+        """`fuse_retrieval`: the final order is the reciprocal-rank fusion of DIM's order and the
+        retriever's (DIM's frozen-feature towers miss exact name matches that BM25 sees)."""
         self.kb, self.model, self.featurizer = kb, model.eval(), featurizer
+        self.fuse_retrieval = fuse_retrieval
         self.retriever = retriever or CandidateRetriever(kb, featurizer.encoder, descriptions)
         self.num_candidates, self.top_k = num_candidates, top_k
         self.index = {e.id: i for i, e in enumerate(kb)}
@@ -258,6 +268,8 @@ class DIMLinker:
     def link(self, mentions: Sequence[Mention]) -> list[LinkResult]:
         retrieved = self.retriever.retrieve(mentions, self.num_candidates)
         ranked = self.rank(mentions, [[c.entity_id for c in cands] for cands in retrieved])
+        if self.fuse_retrieval:
+            ranked = [fuse_rankings(d, r) for d, r in zip(ranked, retrieved)]
         results = []
         for m, cands in zip(mentions, ranked):
             cands = cands[: self.top_k]

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..kb import KnowledgeBase
 from ..schema import LinkResult, Mention
-from .dim import DIMLinker
+from .dim import DIMLinker, fuse_rankings
 
 NO_NAME, AMBIGUOUS, LOW_MARGIN = "no_valid_name", "ambiguous_name", "low_margin"
 
@@ -79,7 +79,10 @@ class PipelineLinker:
             return []
         retrieved = self.dim.retriever.retrieve(mentions, self.num_candidates)
         pools = [[c.entity_id for c in g.candidates] + [c.entity_id for c in r] for g, r in zip(generated, retrieved)]
-        return self.dim.rank(mentions, pools)
+        ranked = self.dim.rank(mentions, pools)
+        if self.dim.fuse_retrieval:
+            ranked = [fuse_rankings(d, r) for d, r in zip(ranked, retrieved)]
+        return ranked
 
 
 def tune_margin(pipeline: PipelineLinker, dev: Sequence[Mention], generated: Sequence[LinkResult] | None = None,
