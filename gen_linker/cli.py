@@ -1,4 +1,4 @@
-"""The `gen-linker` command: convert, build-kb, train, train-dim, link, eval, demo.
+"""The `gen-linker` command: convert, build-kb, train, train-dim, caption, describe, link, eval, demo.
 
 Every subcommand reads the same file types (gen-linker JSONL mentions, entities JSONL or a KB
 folder, or a public dataset format) and reports bad input per record, never by crashing.
@@ -100,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--limit", type=int, help="describe only the first N entities")
     ds.add_argument("--no-progress", action="store_true", help="no progress bar")
     ds.set_defaults(func=cmd_describe)
+
+    cp = sub.add_parser("caption", help="caption mention images with a BLIP-2-style model (DIM's expert text)")
+    _dataset_args(cp, "--input")
+    cp.add_argument("--model", type=Path, required=True, help="a BLIP-2-style image-text-to-text model folder")
+    cp.add_argument("--image-root", type=Path, help="folder that image paths in the mentions are relative to")
+    cp.add_argument("--output", type=Path, required=True, help="captions JSONL ({id, image, caption, answer}); "
+                                                              "a rerun continues it")
+    cp.add_argument("--question", default=None, help="the identity question (default: who or what is shown)")
+    cp.add_argument("--batch-size", type=int, default=8)
+    cp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cp.set_defaults(func=cmd_caption)
 
     ln = sub.add_parser("link", help="link mentions to a knowledge base")
     ln.add_argument("--kb", type=Path, required=True, help="entities JSONL file or KB folder")
@@ -363,6 +374,19 @@ def cmd_train(args) -> int:
     folder, report = train_adapter(recipe, progress=not args.no_progress)
     best = f", best dev Top-1 {max(report.dev_top1):.3f} (epoch {report.best_epoch + 1})" if report.dev_top1 else ""
     print(f"adapter {folder}: loss {' -> '.join(f'{x:.3f}' for x in report.epoch_loss)}{best}")
+    return 0
+
+
+def cmd_caption(args) -> int:
+    from .captioner import QUESTION, Captioner, caption_mentions
+
+    ds = datasets.load(args.input, args.format, args.split)
+    captioner = Captioner(args.model, question=args.question or QUESTION)
+    summary = caption_mentions(captioner, ds.valid, args.output, args.image_root, args.batch_size,
+                               progress=not args.no_progress)
+    print(f"{args.output}: {summary.line()}", file=sys.stderr)
+    for mid, why in list(summary.errors.items())[:10]:
+        print(f"  {mid}: {why}", file=sys.stderr)
     return 0
 
 
