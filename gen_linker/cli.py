@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--captions", type=Path, help="captions JSONL for the expert features ({id|image, caption, answer?})")
     td.add_argument("--descriptions", type=Path, help="entity descriptions JSONL ({id, description}) used "
                                                      "instead of the KB's (e.g. from gen-linker describe)")
-    td.add_argument("--encoder", help="sentence-transformers text encoder (default: packaged all-MiniLM-L6-v2)")
+    td.add_argument("--encoder", help="DIM's text encoder: a sentence-transformers folder (default: packaged "
+                                      "all-MiniLM-L6-v2) or clip:FOLDER for a CLIP model's text tower")
     td.add_argument("--seed", type=int, default=0)
     td.add_argument("--no-progress", action="store_true", help="no progress bar")
     td.set_defaults(func=cmd_train_dim)

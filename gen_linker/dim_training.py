@@ -96,7 +96,8 @@ def train_dim(kb: KnowledgeBase, train: Sequence[Mention], dev: Sequence[Mention
 
     # Frozen features and hard negatives, computed once.
     index = {e.id: i for i, e in enumerate(kb)}
-    retriever = retriever or CandidateRetriever(kb, featurizer.encoder, descriptions, show_progress=progress)
+    retriever = retriever or CandidateRetriever(kb, featurizer.retrieval_encoder, descriptions,
+                                              show_progress=progress)
     entity_feats = featurizer.entities(kb, descriptions, show_progress=progress)
     feats = featurizer.mentions(examples, show_progress=progress)
     gold = torch.tensor([index[m.gold] for m in examples])

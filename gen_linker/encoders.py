@@ -28,23 +28,14 @@ def _load(path: str):
     return _LOADED[path]
 
 
-class SentenceEncoder:
-    def __init__(self, model: str | None = None) -> None:
-        self.path = resolve_sentence_encoder(model)
-        self.model = _load(self.path)
+class TextEncoder:
+    """A frozen text encoder: `encode(texts)` gives L2-normalised float32 rows; `encode_cached`
+    keeps them on disk by (texts, `path`)."""
 
-    @property
-    def dim(self) -> int:
-        """Embedding size."""
-        get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        return int(get())
+    path: str
 
     def encode(self, texts: Sequence[str], batch_size: int = 128, show_progress: bool = False) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        emb = self.model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                convert_to_numpy=True, show_progress_bar=show_progress)
-        return emb.astype(np.float32, copy=False)
+        raise NotImplementedError
 
     def encode_cached(self, texts: Sequence[str], cache_dir: str | Path | None = None,
                       batch_size: int = 128, show_progress: bool = False) -> np.ndarray:
@@ -62,6 +53,69 @@ class SentenceEncoder:
         except OSError:
             pass  # an unwritable cache only costs re-encoding next time
         return emb
+
+
+class SentenceEncoder(TextEncoder):
+    """A sentence-transformers model (default: the packaged all-MiniLM-L6-v2)."""
+
+    def __init__(self, model: str | None = None) -> None:
+        self.path = resolve_sentence_encoder(model)
+        self.model = _load(self.path)
+
+    @property
+    def dim(self) -> int:
+        """Embedding size."""
+        get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(get())
+
+    def encode(self, texts: Sequence[str], batch_size: int = 128, show_progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        emb = self.model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                                convert_to_numpy=True, show_progress_bar=show_progress)
+        return emb.astype(np.float32, copy=False)
+
+
+class ClipTextEncoder(TextEncoder):
+    """The text tower of a CLIP model folder (`clip:FOLDER`): DIM's text encoder in the paper.
+    Texts are cut to the model's context (77 tokens for CLIP)."""
+
+    def __init__(self, folder: str) -> None:
+        from transformers import AutoTokenizer, CLIPModel
+
+        if not Path(folder).exists():
+            from .errors import GenLinkerError
+
+            raise GenLinkerError(f"CLIP folder {folder} does not exist")
+        self.path = str(folder)
+        self.model = CLIPModel.from_pretrained(folder).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.max_length = int(self.model.config.text_config.max_position_embeddings)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 128, show_progress: bool = False) -> np.ndarray:
+        import torch
+
+        out = [np.zeros((0, self.dim), dtype=np.float32)]
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
+                                       max_length=self.max_length, return_tensors="pt")
+                feats = self.model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                feats = getattr(feats, "pooler_output", feats)
+                out.append(torch.nn.functional.normalize(feats, dim=-1).float().numpy())
+        return np.concatenate(out)
+
+
+def text_encoder(spec: str | None) -> SentenceEncoder | ClipTextEncoder:
+    """`clip:FOLDER` for a CLIP text tower, else a sentence-transformers folder or id (None: the
+    packaged MiniLM)."""
+    if spec and spec.startswith("clip:"):
+        return ClipTextEncoder(spec.removeprefix("clip:"))
+    return SentenceEncoder(spec)
 
 
 def text_digest(texts: Sequence[str], *extra: str) -> str:

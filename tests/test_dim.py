@@ -5,6 +5,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -140,3 +141,39 @@ def test_rank_fusion_by_hand():
     fused = fuse_rankings([a, b, c], [c, b])
     assert [x.entity_id for x in fused] == ["C", "B", "A"]          # 1/63+1/61 > 2/62 > 1/61
     assert fused[0].score == pytest.approx(1 / 63 + 1 / 61)
+
+
+def test_dim_with_a_clip_text_tower(tiny_llm, tmp_path):
+    """`--encoder clip:FOLDER`: a tiny random CLIP (built from configs, the tiny tokenizer) as
+    DIM's text encoder, through train-dim and link; retrieval keeps the packaged MiniLM."""
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    from gen_linker.cli import main
+    from gen_linker.encoders import ClipTextEncoder, text_encoder
+
+    tok = AutoTokenizer.from_pretrained(tiny_llm)
+    text = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, max_position_embeddings=64, eos_token_id=tok.eos_token_id,
+                          bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id or 0)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=32, patch_size=16)
+    torch.manual_seed(0)
+    clip = tmp_path / "clip"
+    CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=24)).save_pretrained(clip)
+    tok.save_pretrained(clip)
+    enc = text_encoder(f"clip:{clip}")
+    assert isinstance(enc, ClipTextEncoder) and enc.dim == 24
+    emb = enc.encode(["Noel Harrison", "a much longer text " * 40])        # cut to the context, normalised
+    assert emb.shape == (2, 24) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+
+    kb_file = write_jsonl(tmp_path / "kb.jsonl", ENTITIES)
+    train_file = write_jsonl(tmp_path / "train.jsonl", TRAIN)
+    test_file = write_jsonl(tmp_path / "test.jsonl", TEST)
+    assert main(["train-dim", "--kb", str(kb_file), "--train", str(train_file), "--output", str(tmp_path / "dim"),
+                 "--encoder", f"clip:{clip}", "--epochs", "2", "--batch-size", "4", "--no-progress"]) == 0
+    model, card = DIMModel.load(tmp_path / "dim")
+    assert model.config.text_dim == 24 and card["text_encoder"] == f"clip:{clip}"
+    out = tmp_path / "out.jsonl"
+    assert main(["link", "--linker", "dim", "--dim", str(tmp_path / "dim"), "--kb", str(kb_file),
+                 "--input", str(test_file), "--output", str(out), "--no-progress"]) == 0
+    assert all(json.loads(x)["entity_id"] in {e["id"] for e in ENTITIES} for x in out.read_text().splitlines())

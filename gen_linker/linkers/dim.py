@@ -25,7 +25,7 @@ import yaml
 from torch import nn
 
 from ..candidates import CandidateRetriever, entity_text, mention_text, reciprocal_rank_fusion
-from ..encoders import SentenceEncoder
+from ..encoders import SentenceEncoder, TextEncoder, text_encoder
 from ..errors import GenLinkerError
 from ..kb import KnowledgeBase
 from ..schema import Candidate, LinkResult, Mention
@@ -153,12 +153,19 @@ def expert_text(record: Mapping | None) -> str | None:
 
 
 class DIMFeaturizer:
-    """Frozen encoders -> features: text (sentence-transformers), images (`VisionEncoder`,
-    optional), expert text (captions keyed by mention id or image reference, optional)."""
+    """Frozen encoders -> features: text (sentence-transformers, or `clip:FOLDER` for a CLIP
+    text tower), images (`VisionEncoder`, optional), expert text (captions keyed by mention id
+    or image reference, optional)."""
+
+    @property
+    def retrieval_encoder(self) -> SentenceEncoder | None:
+        """The encoder candidate retrieval shares (a CLIP text tower is not used for retrieval:
+        its 77-token context cuts descriptions)."""
+        return self.encoder if isinstance(self.encoder, SentenceEncoder) else None
 
     def __init__(self, encoder: str | SentenceEncoder | None = None, vision=None, image_root: str | Path | None = None,
                  captions: Mapping[str, Mapping] | None = None, cache_dir: str | Path | None = None) -> None:
-        self.encoder = encoder if isinstance(encoder, SentenceEncoder) else SentenceEncoder(encoder)
+        self.encoder = encoder if isinstance(encoder, TextEncoder) else text_encoder(encoder)
         self.vision, self.image_root, self.captions, self.cache_dir = vision, image_root, captions or {}, cache_dir
         self.image_errors: dict[str, str] = {}
 
@@ -228,7 +235,7 @@ class DIMLinker:
         retriever's (DIM's frozen-feature towers miss exact name matches that BM25 sees)."""
         self.kb, self.model, self.featurizer = kb, model.eval(), featurizer
         self.fuse_retrieval = fuse_retrieval
-        self.retriever = retriever or CandidateRetriever(kb, featurizer.encoder, descriptions)
+        self.retriever = retriever or CandidateRetriever(kb, featurizer.retrieval_encoder, descriptions)
         self.num_candidates, self.top_k = num_candidates, top_k
         self.index = {e.id: i for i, e in enumerate(kb)}
         with torch.no_grad():
