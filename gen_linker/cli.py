@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--prompt", default="dim_describe", help="describe prompt name or YAML path")
     ds.add_argument("--cache", type=Path, help="answer cache JSONL (default: beside the KB's caches); reruns "
                                                 "and resumed runs ask only for what it lacks")
+    ds.add_argument("--kb-output", type=Path, help="also write the KB as entities JSONL with these descriptions "
+                                                   "in the `description` field (the KB's own where none was written)")
     ds.add_argument("--limit", type=int, help="describe only the first N entities")
     ds.add_argument("--no-progress", action="store_true", help="no progress bar")
     ds.set_defaults(func=cmd_describe)
@@ -412,6 +414,16 @@ def cmd_describe(args) -> int:
         summary = describe(entities, config, args.cache or kb.cache_dir() / "descriptions-cache.jsonl",
                            args.output, progress=not args.no_progress)
     print(f"{args.output}: {summary.line()}", file=sys.stderr)
+    if args.kb_output:
+        import dataclasses
+
+        from .annotations import read_descriptions
+        from .kb import write_entities
+
+        written = read_descriptions(args.output)
+        n = write_entities((dataclasses.replace(e, description=written.get(e.id, e.description)) for e in kb),
+                           args.kb_output)
+        print(f"{args.kb_output}: {n} entities, {len(written)} with LLM-written descriptions", file=sys.stderr)
     for eid, why in list(summary.failed.items())[:10]:
         print(f"  failed: {eid}: {why}", file=sys.stderr)
     return 0 if not summary.failed else 1

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import ENTITIES, write_jsonl
 from gen_linker.describe import DescribeConfig, LocalServer, describe
+from gen_linker.kb import KnowledgeBase
 from gen_linker.schema import Entity
 
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -119,10 +120,12 @@ def test_killed_describe_resumes_without_duplicates_or_gaps(server, tmp_path):
     assert 3 <= len(done_before) < len(ENTITIES) and not out.exists()
     from gen_linker.cli import main
 
-    assert main(cmd[3:]) == 0
+    assert main(cmd[3:] + ["--kb-output", str(tmp_path / "kb-llm.jsonl")]) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [e["id"] for e in ENTITIES]       # all, once, in KB order
     entities = {e["id"]: Entity.from_dict(e) for e in ENTITIES}
     for eid in done_before:                                             # cached answers were not asked again
         assert proxy.requests_for(entities[eid]) == 1
     assert len(proxy.forwarded) <= len(ENTITIES) + 1                    # at most the one in flight twice
+    kb_llm = KnowledgeBase.from_jsonl(tmp_path / "kb-llm.jsonl")       # the KB with the written descriptions
+    assert [e.description for e in kb_llm] == [r["description"] for r in rows]
