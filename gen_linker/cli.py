@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     ds.add_argument("--serve", nargs="?", const="", metavar="LLM",
                     help="start a local vLLM server on loopback (default LLM: packaged SmolLM2) and use it")
+    ds.add_argument("--in-process", nargs="?", const="", metavar="LLM",
+                    help="no server: a vLLM engine in this process (default LLM: packaged SmolLM2), large "
+                         "batches; much faster on a CPU than --serve")
     ds.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     ds.add_argument("--rate-limit", type=float, help="at most this many requests per second")
     ds.add_argument("--retries", type=int, default=5, help="retries per entity on server errors (back-off doubles)")
@@ -396,7 +399,7 @@ def cmd_caption(args) -> int:
 def cmd_describe(args) -> int:
     import contextlib
 
-    from .describe import DescribeConfig, LocalServer, describe
+    from .describe import DescribeConfig, LocalServer, describe, describe_in_process
     from .kb import KnowledgeBase
 
     kb = KnowledgeBase.open(args.kb)
@@ -404,15 +407,19 @@ def cmd_describe(args) -> int:
     config = DescribeConfig(base_url=args.base_url, model=args.model, api_key=os.environ.get(args.api_key_env),
                             prompt=args.prompt, concurrency=args.concurrency, rate_limit=args.rate_limit,
                             retries=args.retries)
-    server = contextlib.nullcontext()
-    if args.serve is not None:
-        server = LocalServer(args.serve or None, name="local", log=args.output.with_suffix(".server.log"))
-        config.model = "local"
-    with server as live:
-        if live is not None:
-            config.base_url = live.base_url
-        summary = describe(entities, config, args.cache or kb.cache_dir() / "descriptions-cache.jsonl",
-                           args.output, progress=not args.no_progress)
+    cache = args.cache or kb.cache_dir() / "descriptions-cache.jsonl"
+    if args.in_process is not None:
+        summary = describe_in_process(entities, cache, args.output, args.in_process or None, args.prompt,
+                                      progress=not args.no_progress)
+    else:
+        server = contextlib.nullcontext()
+        if args.serve is not None:
+            server = LocalServer(args.serve or None, name="local", log=args.output.with_suffix(".server.log"))
+            config.model = "local"
+        with server as live:
+            if live is not None:
+                config.base_url = live.base_url
+            summary = describe(entities, config, cache, args.output, progress=not args.no_progress)
     print(f"{args.output}: {summary.line()}", file=sys.stderr)
     if args.kb_output:
         import dataclasses

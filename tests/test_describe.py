@@ -129,3 +129,18 @@ def test_killed_describe_resumes_without_duplicates_or_gaps(server, tmp_path):
     assert len(proxy.forwarded) <= len(ENTITIES) + 1                    # at most the one in flight twice
     kb_llm = KnowledgeBase.from_jsonl(tmp_path / "kb-llm.jsonl")       # the KB with the written descriptions
     assert [e.description for e in kb_llm] == [r["description"] for r in rows]
+
+
+def test_describe_in_process_batches_caches_and_matches_the_entities(vllm_backend, tmp_path, monkeypatch):
+    from gen_linker.describe import describe_in_process
+
+    monkeypatch.setattr(vllm_backend.tokenizer, "chat_template", CHAT_TEMPLATE, raising=False)
+    entities = [Entity.from_dict(e) for e in ENTITIES]
+    out = tmp_path / "d.jsonl"
+    first = describe_in_process(entities, tmp_path / "c.jsonl", out, batch_size=4, progress=False,
+                                backend=vllm_backend)
+    assert first.requested == len(entities) and first.written + len(first.failed) == len(entities)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [e.id for e in entities if e.id not in first.failed]
+    again = describe_in_process(entities, tmp_path / "c.jsonl", out, progress=False, backend=vllm_backend)
+    assert again.requested == len(first.failed) and again.cached == first.written

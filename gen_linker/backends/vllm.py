@@ -271,6 +271,13 @@ class VLLMBackend:
                 state, tokens = trie.step(state, chain[i]), tokens + (chain[i],)
         return found
 
+    def generate_text(self, prompts: Sequence[Sequence[int]], max_tokens: int, temperature: float = 0.0) -> list[str]:
+        """Free text for token prompts, all in one batch (no trie): e.g. entity descriptions."""
+        params = self._sampling(max_tokens=max_tokens, temperature=temperature)
+        outs = self._engine().generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False,
+                                       lora_request=self._lora)
+        return [o.outputs[0].text.strip() for o in outs]
+
     def constrained_greedy(self, prompts: Sequence[Prompt], trie: Trie,
                            max_new_tokens: int = 64) -> list[list[Hypothesis]]:
         """Greedy decoding under the trie, whole requests inside vLLM: the fastest mode (top-1)."""
