@@ -56,7 +56,7 @@ def link_to_file(linker: Linker, records: Iterable[Mention | RecordError], outpu
     done_ids: list[str] = []
     if output.exists() and output.stat().st_size > 0:
         if resume:
-            done_ids = _completed_ids(output)
+            done_ids = completed_ids(output)
         elif not overwrite:
             raise GenLinkerError(f"output {output} already exists: pass --resume to continue it "
                                  "or --overwrite to replace it")
@@ -122,7 +122,7 @@ def _chunks(records: Iterable[Mention | RecordError], size: int, skip: list[str]
         yield chunk
 
 
-def _completed_ids(output: Path) -> list[str]:
+def completed_ids(output: Path) -> list[str]:
     """Ids of the complete lines of `output`; a trailing partial line is cut off the file."""
     ids: list[str] = []
     good_bytes = 0

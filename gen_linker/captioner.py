@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from .batch import completed_ids
 from .errors import GenLinkerError, ImageError
 from .schema import Mention
 from .vision import decode_image, image_bytes
@@ -75,7 +76,7 @@ def caption_mentions(captioner: Captioner, mentions: Sequence[Mention], output: 
 
     output = Path(output)
     summary = CaptionSummary()
-    done = _done_ids(output)
+    done = set(completed_ids(output)) if output.exists() else set()
     todo = []
     for m in mentions:
         if m.id in done:
@@ -104,20 +105,3 @@ def caption_mentions(captioner: Captioner, mentions: Sequence[Mention], output: 
             bar.update(len(todo[start : start + batch_size]))
     bar.close()
     return summary
-
-
-def _done_ids(path: Path) -> set[str]:
-    """Ids of the complete lines of `path`; a torn last line (a kill mid-write) is cut off."""
-    if not path.exists():
-        return set()
-    data = path.read_bytes()
-    keep = data[: data.rfind(b"\n") + 1]
-    if len(keep) != len(data):
-        path.write_bytes(keep)
-    ids = set()
-    for line in keep.decode("utf-8", errors="replace").splitlines():
-        try:
-            ids.add(str(json.loads(line)["id"]))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return ids

@@ -299,17 +299,22 @@ def make_linker(args, kb, n_mentions: int | None = None):
         return ExactNameLinker(kb)
     if args.linker == "bm25":
         return BM25NameLinker(kb, top_k=args.top_k or 10)
+    from .annotations import read_descriptions
+
+    descriptions = read_descriptions(args.descriptions) if args.descriptions else None
     if args.linker == "dim":
-        return _dim_linker(args, kb)
+        return _dim_linker(args, kb, descriptions)
     if args.linker == "pipeline":
         from .linkers.pipeline import PipelineLinker
 
-        return PipelineLinker(kb, _generative_linker(args, kb, n_mentions), _dim_linker(args, kb),
+        dim = _dim_linker(args, kb, descriptions)   # its candidate retriever also serves the prompt's candidates
+        return PipelineLinker(kb, _generative_linker(args, kb, n_mentions, descriptions, dim.retriever), dim,
                               margin=args.margin, top_k=args.top_k or 10)
-    return _generative_linker(args, kb, n_mentions)
+    return _generative_linker(args, kb, n_mentions, descriptions)
 
 
-def _generative_linker(args, kb, n_mentions: int | None):
+def _generative_linker(args, kb, n_mentions: int | None, descriptions=None, candidates=None):
+    from .backends import load_backend
     from .linkers.generative import GenerativeConfig, GenerativeLinker
 
     demos: list[Mention] = []
@@ -329,8 +334,6 @@ def _generative_linker(args, kb, n_mentions: int | None):
                               search=args.search, num_beams=args.beams, top_k=args.top_k, prompt=prompt,
                               batch_size=args.batch_size, seed=args.seed,
                               candidates_in_prompt=args.candidates_in_prompt, trie_scope=args.trie_scope)
-    from .backends import load_backend
-
     options = {"dtype": args.dtype}
     if args.backend == "vllm":
         options.update(compile=vllm_compile(args.vllm_compile, n_mentions), kv_cache_gb=args.kv_cache_gb)
@@ -342,24 +345,20 @@ def _generative_linker(args, kb, n_mentions: int | None):
         llm = _adapter_llm(args.llm, card, args.adapter)
         if lora_folder(args.adapter, card):
             options["lora"] = lora_folder(args.adapter, card)
-    backend = load_backend(args.backend, llm, **options)
-    from .annotations import read_descriptions
-
-    return GenerativeLinker.from_pretrained(kb, backend=backend, demos=demos, config=config, encoder=args.encoder,
-                                            images=images,
-                                            descriptions=read_descriptions(args.descriptions) if args.descriptions else None)
+    return GenerativeLinker.from_pretrained(kb, backend=load_backend(args.backend, llm, **options), demos=demos,
+                                            config=config, encoder=args.encoder, images=images,
+                                            descriptions=descriptions, candidates=candidates)
 
 
-def _dim_linker(args, kb):
-    from .annotations import read_captions, read_descriptions
+def _dim_linker(args, kb, descriptions=None):
+    from .annotations import read_captions
     from .linkers.dim import DIMLinker
 
     if not args.dim:
         raise GenLinkerError("--linker dim needs --dim FOLDER (a DIM trained with gen-linker train-dim)")
     return DIMLinker.from_pretrained(args.dim, kb, image_root=args.image_root,
                                      captions=read_captions(args.captions) if args.captions else None,
-                                     descriptions=read_descriptions(args.descriptions) if args.descriptions else None,
-                                     num_candidates=args.candidates, top_k=args.top_k or 10,
+                                     descriptions=descriptions, num_candidates=args.candidates, top_k=args.top_k or 10,
                                      fuse_retrieval=args.fuse_retrieval)
 
 

@@ -30,6 +30,7 @@ from typing import Iterable, Sequence
 
 import yaml
 
+from .batch import completed_ids
 from .errors import GenLinkerError
 from .prompting import find_template
 from .schema import Entity
@@ -83,13 +84,14 @@ class DescribePrompt:
 
 class DescriptionCache:
     """Append-only JSONL of answers keyed by (entity id, model, prompt); a torn last line (a
-    kill mid-write) is ignored and rewritten on the next run."""
+    kill mid-write) is cut off on opening, and that entity asked again."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.entries: dict[str, str] = {}
         if self.path.exists():
+            completed_ids(self.path)   # cut a torn last line, so the next answer starts a line of its own
             with self.path.open(encoding="utf-8", errors="replace") as f:
                 for line in f:
                     try:
@@ -175,15 +177,9 @@ def describe(entities: Iterable[Entity], config: DescribeConfig, cache_path: str
     from tqdm import tqdm
 
     entities = list(entities)
-    if not entities:
-        raise GenLinkerError("the KB is empty: there is nothing to describe")
     prompt = DescribePrompt(config.prompt)
-    cache = DescriptionCache(cache_path)
-    summary = DescribeSummary()
+    cache, keys, todo, summary = _pending(entities, config.model, prompt, cache_path)
     client = ChatClient(config, RateLimiter(config.rate_limit), summary)
-    keys = {e.id: DescriptionCache.key(e.id, config.model, prompt.text) for e in entities}
-    todo = [e for e in entities if keys[e.id] not in cache.entries]
-    summary.cached = len(entities) - len(todo)
     bar = tqdm(total=len(entities), initial=summary.cached, desc="describing", unit="entity", disable=not progress)
     with ThreadPoolExecutor(max_workers=max(1, config.concurrency)) as pool:
         futures = {pool.submit(client.complete, prompt.messages(e), prompt.max_tokens): e for e in todo}
@@ -212,25 +208,17 @@ def describe_in_process(entities: Iterable[Entity], cache_path: str | Path, outp
     from .backends import load_backend
 
     entities = list(entities)
-    if not entities:
-        raise GenLinkerError("the KB is empty: there is nothing to describe")
     template = DescribePrompt(prompt)
     backend = backend or load_backend("vllm", llm)
     if not getattr(backend.tokenizer, "chat_template", None):
         raise GenLinkerError(f"the LLM at {backend.path} has no chat template: describe needs a chat model")
-    model = f"inprocess:{backend.path}"
-    cache = DescriptionCache(cache_path)
-    summary = DescribeSummary()
-    keys = {e.id: DescriptionCache.key(e.id, model, template.text) for e in entities}
-    todo = [e for e in entities if keys[e.id] not in cache.entries]
-    summary.cached = len(entities) - len(todo)
+    cache, keys, todo, summary = _pending(entities, f"inprocess:{backend.path}", template, cache_path)
     bar = tqdm(total=len(entities), initial=summary.cached, desc="describing", unit="entity", disable=not progress)
     tok = backend.tokenizer
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        prompts = [tok.apply_chat_template(template.messages(e), add_generation_prompt=True, tokenize=True)
-                   for e in batch]
-        prompts = [p["input_ids"] if isinstance(p, dict) or hasattr(p, "keys") else p for p in prompts]
+        prompts = [tok.apply_chat_template(template.messages(e), add_generation_prompt=True, tokenize=True,
+                                           return_dict=True)["input_ids"] for e in batch]
         for e, text in zip(batch, backend.generate_text(prompts, template.max_tokens)):
             summary.requested += 1
             if text:
@@ -241,6 +229,16 @@ def describe_in_process(entities: Iterable[Entity], cache_path: str | Path, outp
     bar.close()
     summary.written = _write_descriptions(entities, keys, cache, output)
     return summary
+
+
+def _pending(entities: Sequence[Entity], model: str, prompt: DescribePrompt, cache_path: str | Path):
+    """(cache, cache key per entity id, entities the cache lacks, summary counting the cached)."""
+    if not entities:
+        raise GenLinkerError("the KB is empty: there is nothing to describe")
+    cache = DescriptionCache(cache_path)
+    keys = {e.id: DescriptionCache.key(e.id, model, prompt.text) for e in entities}
+    todo = [e for e in entities if keys[e.id] not in cache.entries]
+    return cache, keys, todo, DescribeSummary(cached=len(entities) - len(todo))
 
 
 def _write_descriptions(entities: Sequence[Entity], keys: dict[str, str], cache: DescriptionCache,
@@ -273,33 +271,30 @@ class LocalServer:
 
     def __init__(self, model: str | None = None, *, name: str = "local", port: int | None = None,
                  extra_args: Iterable[str] = (), start_timeout: float = 600.0, log: str | Path | None = None) -> None:
-        from .models import resolve_llm
-
         from transformers import AutoConfig
+
+        from .backends.vllm import cpu_only
+        from .models import resolve_llm
 
         self.model_path, self.name = resolve_llm(model), name
         self.port = port or free_port()
         limit = getattr(AutoConfig.from_pretrained(self.model_path), "max_position_embeddings", None) or 2048
         max_len = min(2048, int(limit))   # a description prompt is short
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        # On a CPU, float32: a bf16 engine needs the AMX permission in its own process (see
+        # backends/vllm.request_amx), which a server we only start cannot ask for.
+        cpu = ["--dtype", "float32", "--kv-cache-memory-bytes", str(1 << 30)] if cpu_only() else []
         self.args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_path,
-                     "--served-model-name", name, "--host", "127.0.0.1", "--port", str(self.port),
+                     *cpu, "--served-model-name", name, "--host", "127.0.0.1", "--port", str(self.port),
                      "--enforce-eager", "--max-model-len", str(max_len), *extra_args]
         self.start_timeout, self.log = start_timeout, log
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "LocalServer":
-        from .backends.vllm import cpu_only
-
         env = {**os.environ, "VLLM_HOST_IP": "127.0.0.1", "VLLM_NO_USAGE_STATS": "1",
                "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
-        args = list(self.args)
-        if cpu_only():
-            # float32: a bf16 engine needs the AMX permission in its own process (see
-            # backends/vllm.request_amx), which a server we only start cannot ask for.
-            args[5:5] = ["--dtype", "float32", "--kv-cache-memory-bytes", str(1 << 30)]
         out = open(self.log, "wb") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.args, env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -9,7 +9,7 @@ best model kept; a checkpoint after each epoch so a killed run resumes.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .candidates import CandidateRetriever
-from .checkpoints import has_state, read_state, write_state
+from .checkpoints import TrainReport, has_state, read_state, write_state
 from .errors import GenLinkerError
 from .kb import KnowledgeBase
 from .linkers.dim import DIMConfig, DIMFeaturizer, DIMModel, MentionFeatures, npair_loss
@@ -36,13 +36,6 @@ class DIMTrainConfig:
     dim: int = 256
     heads: int = 4
     seed: int = 0
-
-
-@dataclass
-class DIMReport:
-    epoch_loss: list[float] = field(default_factory=list)
-    dev_top1: list[float] = field(default_factory=list)
-    best_epoch: int | None = None
 
 
 def hard_negative_ids(retrieved: Sequence[Sequence], golds: Sequence[str], index: Mapping[str, int],
@@ -74,7 +67,7 @@ def batch_loss(model: DIMModel, feats: MentionFeatures, entity_feats: torch.Tens
 def train_dim(kb: KnowledgeBase, train: Sequence[Mention], dev: Sequence[Mention], featurizer: DIMFeaturizer,
               config: DIMTrainConfig | None = None, output: str | Path | None = None,
               descriptions: Mapping[str, str] | None = None, retriever: CandidateRetriever | None = None,
-              progress: bool = True) -> tuple[DIMModel, DIMReport]:
+              progress: bool = True) -> tuple[DIMModel, TrainReport]:
     """Train a DIM on `train` (mentions with gold ids in the KB). With `output`, the best model
     goes to `output/best` and a checkpoint to `output/checkpoint` after each epoch; calling again
     with the same output resumes after the last finished epoch."""
@@ -86,7 +79,7 @@ def train_dim(kb: KnowledgeBase, train: Sequence[Mention], dev: Sequence[Mention
     model = DIMModel(DIMConfig(text_dim=featurizer.text_dim, image_dim=featurizer.image_dim, dim=config.dim,
                                heads=config.heads))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    report, start = DIMReport(), 0
+    report, start = TrainReport(), 0
     out = Path(output) if output else None
     if out is not None and has_state(out / "checkpoint"):
         start, report = _load_checkpoint(out / "checkpoint", model, optimizer)
@@ -105,6 +98,7 @@ def train_dim(kb: KnowledgeBase, train: Sequence[Mention], dev: Sequence[Mention
                              [m.gold for m in examples], index, config.hard_negatives)
     dev = [m for m in dev if m.gold is not None]
     dev_cands = [[c.entity_id for c in cs] for cs in retriever.retrieve(dev, config.dev_candidates)] if dev else []
+    dev_feats = featurizer.mentions(dev) if dev else None      # frozen: encoded once, not per epoch
 
     rng = random.Random(config.seed)
     for epoch in range(start, config.epochs):
@@ -125,7 +119,7 @@ def train_dim(kb: KnowledgeBase, train: Sequence[Mention], dev: Sequence[Mention
         model.eval()
         report.epoch_loss.append(total / max(1, steps))
         if dev:
-            report.dev_top1.append(candidate_top1(model, featurizer, entity_feats, index, dev, dev_cands))
+            report.dev_top1.append(candidate_top1(model, dev_feats, entity_feats, index, dev, dev_cands))
             if report.best_epoch is None or report.dev_top1[-1] > report.dev_top1[report.best_epoch]:
                 report.best_epoch = epoch
                 if out is not None:
@@ -135,7 +129,7 @@ def train_dim(kb: KnowledgeBase, train: Sequence[Mention], dev: Sequence[Mention
     return _finished(model, out, report)
 
 
-def _finished(model: DIMModel, out: Path | None, report: DIMReport) -> tuple[DIMModel, DIMReport]:
+def _finished(model: DIMModel, out: Path | None, report: TrainReport) -> tuple[DIMModel, TrainReport]:
     """The best epoch's model when there was a dev check and an output folder, else the last."""
     if out is not None and report.best_epoch is not None:
         model, _ = DIMModel.load(out / "best")
@@ -143,10 +137,10 @@ def _finished(model: DIMModel, out: Path | None, report: DIMReport) -> tuple[DIM
 
 
 @torch.no_grad()
-def candidate_top1(model: DIMModel, featurizer: DIMFeaturizer, entity_feats: torch.Tensor, index: Mapping[str, int],
+def candidate_top1(model: DIMModel, feats: MentionFeatures, entity_feats: torch.Tensor, index: Mapping[str, int],
                    mentions: Sequence[Mention], candidates: Sequence[Sequence[str]]) -> float:
     """Share of mentions whose gold is DIM's best among their retrieved candidates."""
-    vectors = model.mentions(**featurizer.mentions(mentions).as_kwargs())
+    vectors = model.mentions(**feats.as_kwargs())
     hits = []
     for vec, m, ids in zip(vectors, mentions, candidates):
         ids = [i for i in ids if i in index]
@@ -159,13 +153,12 @@ def candidate_top1(model: DIMModel, featurizer: DIMFeaturizer, entity_feats: tor
     return float(np.mean(hits)) if hits else 0.0
 
 
-def _save_checkpoint(folder: Path, model: DIMModel, optimizer, epochs_done: int, report: DIMReport) -> None:
+def _save_checkpoint(folder: Path, model: DIMModel, optimizer, epochs_done: int, report: TrainReport) -> None:
     model.save(folder)
-    write_state(folder, optimizer, epochs_done, asdict(report))
+    write_state(folder, optimizer, epochs_done, report)
 
 
-def _load_checkpoint(folder: Path, model: DIMModel, optimizer) -> tuple[int, DIMReport]:
+def _load_checkpoint(folder: Path, model: DIMModel, optimizer) -> tuple[int, TrainReport]:
     loaded, _ = DIMModel.load(folder)
     model.load_state_dict(loaded.state_dict())
-    epochs_done, report = read_state(folder, optimizer)
-    return epochs_done, DIMReport(**report)
+    return read_state(folder, optimizer)

@@ -9,14 +9,14 @@ checkpoint after each epoch so that a killed run resumes where it stopped.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .checkpoints import has_state, read_state, write_state
+from .checkpoints import TrainReport, has_state, read_state, write_state
 from .errors import GenLinkerError
 from .linkers.generative import GenerativeLinker, image_refs
 from .lora import lora_parameters
@@ -31,16 +31,6 @@ class TrainConfig:
     weight_decay: float = 0.0
     batch_size: int = 8          # examples per optimizer step (gradient accumulation inside)
     seed: int = 0
-
-
-@dataclass
-class TrainReport:
-    epoch_loss: list[float] = field(default_factory=list)
-    dev_top1: list[float] = field(default_factory=list)
-    best_epoch: int | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def name_loss(linker: GenerativeLinker, mention: Mention, demos, features: list[np.ndarray | None]) -> torch.Tensor:
@@ -145,10 +135,9 @@ def load_weights(folder: Path, mapper: LinearMapper, lora: dict[str, torch.Tenso
 def _save_checkpoint(folder: Path, mapper: LinearMapper, lora: dict, optimizer, epochs_done: int,
                      report: TrainReport) -> None:
     _save_weights(folder, mapper, lora)
-    write_state(folder, optimizer, epochs_done, report.to_dict())
+    write_state(folder, optimizer, epochs_done, report)
 
 
 def _load_checkpoint(folder: Path, mapper: LinearMapper, lora: dict, optimizer) -> tuple[int, TrainReport]:
     load_weights(folder, mapper, lora)
-    epochs_done, report = read_state(folder, optimizer)
-    return epochs_done, TrainReport(**report)
+    return read_state(folder, optimizer)

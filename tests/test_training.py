@@ -48,6 +48,19 @@ def test_training_reduces_the_loss_and_resumes(hf_backend, tmp_path):
     assert not any(p.requires_grad for p in hf_backend.model.parameters())   # the LLM stayed frozen
 
 
+def tiny_recipe(tmp_path, tiny_llm, **overrides) -> Path:
+    """A small synthetic benchmark in tmp_path/bench and a recipe training on it into tmp_path/adapter."""
+    import yaml
+
+    generate(tmp_path / "bench", groups=2, per_group=2, mentions=5, seed=0)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"kb": "bench/entities.jsonl", "train": "bench/train.jsonl",
+                                      "dev": "bench/dev.jsonl", "image_root": "bench", "llm": str(tiny_llm),
+                                      "dtype": "float32", "n_prefix": 2, "num_demos": 2, "epochs": 1, "lr": 0.01,
+                                      "batch_size": 2, "output": "adapter", **overrides}))
+    return recipe
+
+
 def test_cli_train_then_link_with_the_adapter_on_both_backends(tiny_llm, vllm_backend, tmp_path):
     import json
 
@@ -57,12 +70,7 @@ def test_cli_train_then_link_with_the_adapter_on_both_backends(tiny_llm, vllm_ba
     from gen_linker.cli import main
 
     bench = tmp_path / "bench"
-    generate(bench, groups=2, per_group=2, mentions=5, seed=0)
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump({"kb": "bench/entities.jsonl", "train": "bench/train.jsonl",
-                                      "dev": "bench/dev.jsonl", "image_root": "bench", "llm": str(tiny_llm),
-                                      "dtype": "float32", "n_prefix": 2, "num_demos": 2, "epochs": 1,
-                                      "lr": 0.01, "batch_size": 2, "output": "adapter"}))
+    recipe = tiny_recipe(tmp_path, tiny_llm)
     assert main(["train", "--recipe", str(recipe), "--no-progress"]) == 0
     card = yaml.safe_load((tmp_path / "adapter" / "adapter.yaml").read_text())
     assert card["n_prefix"] == 2 and card["base_llm"] == str(tiny_llm) and len(card["dev_top1"]) == 1
@@ -112,7 +120,6 @@ def test_lora_adapter_trains_saves_as_peft_and_links_the_same_on_hf_and_vllm(tin
     import json
 
     import numpy as np
-    import yaml
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -122,12 +129,7 @@ def test_lora_adapter_trains_saves_as_peft_and_links_the_same_on_hf_and_vllm(tin
     from gen_linker.lora import load_lora
 
     bench = tmp_path / "bench"
-    generate(bench, groups=2, per_group=2, mentions=5, seed=0)
-    recipe = tmp_path / "lora.yaml"
-    recipe.write_text(yaml.safe_dump({"kb": "bench/entities.jsonl", "train": "bench/train.jsonl",
-                                      "dev": "bench/dev.jsonl", "image_root": "bench", "llm": str(tiny_llm),
-                                      "dtype": "float32", "n_prefix": 2, "num_demos": 2, "epochs": 2, "lr": 0.01,
-                                      "batch_size": 2, "output": "adapter", "lora": {"r": 4, "alpha": 8}}))
+    recipe = tiny_recipe(tmp_path, tiny_llm, epochs=2, lora={"r": 4, "alpha": 8})
     assert main(["train", "--recipe", str(recipe), "--no-progress"]) == 0
     folder = tmp_path / "adapter"
     images, card = load_adapter(folder)

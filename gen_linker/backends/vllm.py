@@ -160,8 +160,10 @@ class VLLMBackend:
         from ..lora import read_spec
 
         rank = read_spec(folder).r
-        args.update(enable_lora=True, max_loras=1, max_lora_rank=next(r for r in (8, 16, 32, 64, 128, 256, 320, 512)
-                                                                     if r >= rank))
+        slot = next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank), None)
+        if slot is None:
+            raise BackendError(f"LoRA {folder} has rank {rank}; vLLM serves LoRA ranks up to 512")
+        args.update(enable_lora=True, max_loras=1, max_lora_rank=slot)
         return LoRARequest("gen-linker-adapter", 1, str(Path(folder).resolve()))
 
     # ---------------------------------------------------------------------- lifecycle

@@ -82,7 +82,7 @@ class GenerativeLinker:
                         backend: str | Backend = "hf", demos: Iterable[Mention] | None = None,
                         config: GenerativeConfig | None = None, encoder: str | None = None,
                         show_progress: bool = False, images: ImagePrefixer | None = None,
-                        descriptions: Mapping[str, str] | None = None) -> "GenerativeLinker":
+                        descriptions: Mapping[str, str] | None = None, candidates=None) -> "GenerativeLinker":
         """Build a linker: `kb` (object, folder or entities JSONL), the LLM by name or path,
         and optional training mentions with gold ids to retrieve demonstrations from."""
         config = config or GenerativeConfig()
@@ -91,7 +91,7 @@ class GenerativeLinker:
         kind = config.retriever if pool and config.num_demos > 0 else "none"
         retriever = make_retriever(kind, pool, encoder=encoder, seed=config.seed, show_progress=show_progress)
         engine = load_backend(backend, llm) if isinstance(backend, str) else backend
-        return cls(kb, engine, retriever, config, images=images, descriptions=descriptions)
+        return cls(kb, engine, retriever, config, images=images, candidates=candidates, descriptions=descriptions)
 
     @property
     def trie(self) -> Trie:
