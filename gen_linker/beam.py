@@ -2,9 +2,11 @@
 
 A backend only has to answer "the log-probabilities of these allowed tokens after each live
 beam"; this class decides which beams live on, which names are finished, and when to stop.
-Scores are summed token log-probabilities. Because every extension lowers a score, a prompt
-is done as soon as it has `top_k` finished names and no live beam scores above the k-th of
-them: the early stop loses nothing that longer search would have found among kept beams.
+Each prompt may have its own trie (e.g. its own candidates' names): `tries` is one trie for
+the whole batch or one per prompt. Scores are summed token log-probabilities. Because every
+extension lowers a score, a prompt is done as soon as it has `top_k` finished names and no live
+beam scores above the k-th of them: the early stop loses nothing that longer search would have
+found among kept beams.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .backends.base import Hypothesis
-from .trie import ROOT, Trie
+from .trie import ROOT, Tries, per_prompt
 
 
 @dataclass
@@ -28,10 +30,10 @@ class _Beam:
 class ConstrainedBeams:
     """Live beams of a batch of prompts. Row r of the backend's batch is `self.live[r]`."""
 
-    def __init__(self, trie: Trie, n_prompts: int, num_beams: int, top_k: int | None = None) -> None:
+    def __init__(self, tries: Tries, n_prompts: int, num_beams: int, top_k: int | None = None) -> None:
         if num_beams < 1:
             raise ValueError("num_beams must be at least 1")
-        self.trie, self.num_beams = trie, num_beams
+        self.tries, self.num_beams = per_prompt(tries, n_prompts), num_beams
         self.top_k = top_k or num_beams
         self.live = [_Beam(i, ROOT, (), 0.0) for i in range(n_prompts)]
         self.finished: list[list[Hypothesis]] = [[] for _ in range(n_prompts)]
@@ -42,7 +44,7 @@ class ConstrainedBeams:
 
     def allowed(self) -> list[np.ndarray]:
         """For each live row, the token ids the trie allows next (never empty)."""
-        return [self.trie.allowed(b.state) for b in self.live]
+        return [self.tries[b.owner].allowed(b.state) for b in self.live]
 
     def advance(self, logprobs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Extend beams given, per live row, the log-probs of `allowed()[row]` (same order).
@@ -54,7 +56,7 @@ class ConstrainedBeams:
         """
         by_owner: dict[int, list[tuple[float, int, int, int]]] = {}
         for row, (beam, lp) in enumerate(zip(self.live, logprobs)):
-            toks, nodes = self.trie.children(beam.state)
+            toks, nodes = self.tries[beam.owner].children(beam.state)
             scores = beam.score + np.asarray(lp, dtype=np.float64)
             bucket = by_owner.setdefault(beam.owner, [])
             bucket.extend(zip(scores.tolist(), [row] * len(toks), toks.tolist(), nodes.tolist()))
@@ -69,9 +71,9 @@ class ConstrainedBeams:
                     break
                 if kept >= self.num_beams and not self._could_finish(owner, score):
                     break
-                parent = self.live[row]
-                if tok == self.trie.end_token:
-                    self._finish(owner, Hypothesis(self.trie.value(state), parent.tokens + (tok,), score))
+                parent, trie = self.live[row], self.tries[owner]
+                if tok == trie.end_token:
+                    self._finish(owner, Hypothesis(trie.value(state), parent.tokens + (tok,), score))
                 elif kept < self.num_beams:
                     new_live.append(_Beam(owner, state, parent.tokens + (tok,), score))
                     parents.append(row)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 
@@ -237,3 +237,16 @@ def name_trie(names: Sequence[str], tokenizer, end_token: int,
         except OSError:
             pass  # a read-only cache only costs a rebuild next time
     return trie
+
+
+Tries = Union[Trie, Sequence[Trie]]   # one trie for every prompt, or one per prompt
+
+
+def per_prompt(tries: Tries, n_prompts: int) -> list[Trie]:
+    """`tries` as a list with one trie per prompt."""
+    if isinstance(tries, Trie):
+        return [tries] * n_prompts
+    tries = list(tries)
+    if len(tries) != n_prompts:
+        raise ValueError(f"{len(tries)} tries for {n_prompts} prompts: give one trie, or one per prompt")
+    return tries

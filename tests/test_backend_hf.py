@@ -62,3 +62,20 @@ def test_embedding_prompts_equal_token_prompts_and_soft_prefix_changes_scores(hf
     assert [h.value for h in with_prefix[1]] == [h.value for h in by_ids]   # row 2 unaffected by row 1
     assert with_prefix[0][0].score == pytest.approx(
         hf_backend.sequence_logprob(soft, list(with_prefix[0][0].tokens)), abs=1e-4)
+
+
+def test_one_trie_per_prompt_equals_each_prompt_alone(hf_backend, tiny_trie):
+    """A batch where each prompt has its own trie (its own candidates) decodes as if alone."""
+    from gen_linker.trie import name_trie
+
+    subsets = [NAMES[:4], NAMES[3:8], NAMES[5:]]
+    tries = [name_trie(s, hf_backend.tokenizer, hf_backend.tokenizer.eos_token_id) for s in subsets]
+    prompts = [ids(hf_backend, p) for p in PROMPTS]
+    batched = hf_backend.constrained_beam_search(prompts, tries, num_beams=3)
+    for p, trie, names, hyps in zip(prompts, tries, subsets, batched):
+        alone = hf_backend.constrained_beam_search([p], trie, num_beams=3)[0]
+        assert hyps and [h.value for h in hyps] == [h.value for h in alone]
+        np.testing.assert_allclose([h.score for h in hyps], [h.score for h in alone], atol=1e-4)
+        assert all(hf_backend.tokenizer.decode(h.tokens[:-1]) == names[h.value] for h in hyps)
+    with pytest.raises(ValueError, match="2 tries for 3 prompts"):
+        hf_backend.constrained_beam_search(prompts, tries[:2], num_beams=3)

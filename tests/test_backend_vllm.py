@@ -73,6 +73,19 @@ def test_greedy_is_always_a_name_and_equals_hf(vllm_backend, hf_backend, tiny_tr
     assert_same(got, hf_backend.constrained_greedy(prompts, tiny_trie))
 
 
+def test_one_trie_per_prompt_equals_hf(vllm_backend, hf_backend):
+    """Each prompt under its own trie (its own candidates), beam and greedy, in one batch."""
+    subsets = [NAMES[:4], NAMES[3:8], NAMES[5:], NAMES[::2]]
+    tries = [name_trie(s, hf_backend.tokenizer, hf_backend.tokenizer.eos_token_id) for s in subsets]
+    prompts = token_prompts(hf_backend)
+    got = vllm_backend.constrained_beam_search(prompts, tries, 3)
+    assert all(got)
+    assert_same(got, hf_backend.constrained_beam_search(prompts, tries, 3))
+    for names, hyps in zip(subsets, got):
+        assert all(hf_backend.tokenizer.decode(h.tokens[:-1]) == names[h.value] for h in hyps)
+    assert_same(vllm_backend.constrained_greedy(prompts, tries), hf_backend.constrained_greedy(prompts, tries))
+
+
 def test_prompt_embeddings_generate_like_tokens(vllm_backend, hf_backend, tiny_trie):
     """The same prompt as token ids and as their input embeddings gives the same names."""
     ids = token_prompts(hf_backend)

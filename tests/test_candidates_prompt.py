@@ -43,6 +43,11 @@ def test_linking_with_candidates_in_the_prompt(hf_backend, scope):
         assert r.entity_id in KB
         if scope == "candidates":                                               # only the prompt's names
             assert {c.name for c in r.candidates} <= {name for name, _ in cands}
+    if scope == "candidates":   # one batch with a trie per mention == each mention decoded alone
+        for m, r in zip(mentions, results):
+            alone = linker.link([m])[0]
+            assert [c.name for c in r.candidates] == [c.name for c in alone.candidates]
+            assert r.score == pytest.approx(alone.score, abs=1e-4)
 
 
 def test_cli_candidates_in_prompt_and_its_errors(tiny_llm, tmp_path):

@@ -11,7 +11,7 @@ from typing import Protocol, Sequence, Union
 
 import torch
 
-from ..trie import Trie
+from ..trie import Trie, Tries
 
 Prompt = Union[Sequence[int], torch.Tensor]
 
@@ -35,11 +35,12 @@ class Backend(Protocol):
     def embed(self, token_ids: Sequence[int]) -> torch.Tensor:
         """The LLM's input embeddings of `token_ids`, `[len, hidden]` (to build soft prompts)."""
 
-    def constrained_beam_search(self, prompts: Sequence[Prompt], trie: Trie, num_beams: int,
+    def constrained_beam_search(self, prompts: Sequence[Prompt], trie: Tries, num_beams: int,
                                 top_k: int | None = None, max_new_tokens: int = 64) -> list[list[Hypothesis]]:
-        """For each prompt, up to `top_k` (default `num_beams`) finished names, best first."""
+        """For each prompt, up to `top_k` (default `num_beams`) finished names, best first.
+        `trie`: one for every prompt, or a list with one per prompt (`beam.Tries`)."""
 
-    def constrained_greedy(self, prompts: Sequence[Prompt], trie: Trie,
+    def constrained_greedy(self, prompts: Sequence[Prompt], trie: Tries,
                            max_new_tokens: int = 64) -> list[list[Hypothesis]]:
         """For each prompt, the greedy name under the trie (a list of one, or empty)."""
 

@@ -13,7 +13,7 @@ import torch
 
 from ..beam import ConstrainedBeams
 from ..models import resolve_llm
-from ..trie import Trie
+from ..trie import Trie, Tries
 from .base import Hypothesis, Prompt
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -97,7 +97,7 @@ class HFBackend:
         return cache, mask, torch.stack(last)
 
     @torch.no_grad()
-    def constrained_beam_search(self, prompts: Sequence[Prompt], trie: Trie, num_beams: int,
+    def constrained_beam_search(self, prompts: Sequence[Prompt], trie: Tries, num_beams: int,
                                 top_k: int | None = None, max_new_tokens: int = 64) -> list[list[Hypothesis]]:
         """Tree-attention beam search: a prompt's KV cache is never copied to its beams.
 
@@ -144,7 +144,7 @@ class HFBackend:
             logp = step_logp[torch.tensor(owners), torch.tensor(slot)].numpy()
         return beams.results()
 
-    def constrained_greedy(self, prompts: Sequence[Prompt], trie: Trie,
+    def constrained_greedy(self, prompts: Sequence[Prompt], trie: Tries,
                            max_new_tokens: int = 64) -> list[list[Hypothesis]]:
         """Greedy decoding under the trie: beam search with one beam is exactly that."""
         return self.constrained_beam_search(prompts, trie, 1, 1, max_new_tokens)

@@ -28,7 +28,7 @@ from ..beam import ConstrainedBeams
 from ..errors import BackendError
 from ..models import resolve_llm
 from ..paths import cache_root
-from ..trie import ROOT, Trie
+from ..trie import ROOT, Trie, Tries, per_prompt
 from .base import Hypothesis, Prompt
 
 _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 0x1023, 18
@@ -217,7 +217,7 @@ class VLLMBackend:
         return {EXTRA_KEY: {"digest": digest, "state": int(state), "mark_end": mark_end, "path": path}}
 
     # ------------------------------------------------------------------------ decoding
-    def constrained_beam_search(self, prompts: Sequence[Prompt], trie: Trie, num_beams: int,
+    def constrained_beam_search(self, prompts: Sequence[Prompt], trie: Tries, num_beams: int,
                                 top_k: int | None = None, max_new_tokens: int = 64) -> list[list[Hypothesis]]:
         """Beam search with the hf backend's bookkeeping (`ConstrainedBeams`) and scores.
 
@@ -227,7 +227,8 @@ class VLLMBackend:
         Later steps read those from `ahead` instead of sending a request, which would recompute
         the prompt's partial last KV block each time. The decisions are the same.
         """
-        beams = ConstrainedBeams(trie, len(prompts), num_beams, top_k)
+        tries = per_prompt(trie, len(prompts))
+        beams = ConstrainedBeams(tries, len(prompts), num_beams, top_k)
         ahead: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}   # (prompt, beam tokens) -> log-probs
         for _ in range(max_new_tokens):
             if beams.done:
@@ -235,14 +236,14 @@ class VLLMBackend:
             # 1. Ask the model only for beams whose next log-probs were not fetched ahead.
             missing = [b for b in beams.live if (b.owner, b.tokens) not in ahead]
             if missing:
-                ahead.update(self._score_ahead(prompts, missing, trie, num_beams))
+                ahead.update(self._score_ahead(prompts, missing, tries, num_beams))
             # 2. Keep the best beams, finish names that wrote the end token.
             beams.advance([ahead.pop((b.owner, b.tokens)) for b in beams.live])
         return beams.results()
 
-    def _score_ahead(self, prompts: Sequence[Prompt], live: Sequence, trie: Trie, num_beams: int
+    def _score_ahead(self, prompts: Sequence[Prompt], live: Sequence, tries: Sequence[Trie], num_beams: int
                      ) -> dict[tuple[int, tuple[int, ...]], np.ndarray]:
-        """One request per beam: its prompt + tokens, then its forced chain, under the trie.
+        """One request per beam: its prompt + tokens, then its forced chain, under its prompt's trie.
 
         The processor confines every position to the trie and returns raw log-probs; at each
         position the top `num_beams + 1` (the end token is marked so it is always among them)
@@ -251,15 +252,15 @@ class VLLMBackend:
         from .vllm_trie import END_MARK
 
         k = min(num_beams + 1, self.max_logprobs)
-        chains = [forced_chain(trie, b.state) for b in live]
+        chains = [forced_chain(tries[b.owner], b.state) for b in live]
         requests = [self._request(prompts[b.owner], b.tokens) for b in live]
         params = [self._sampling(max_tokens=len(chain) + 1, temperature=0.0, logprobs=k, detokenize=False,
-                                 ignore_eos=True, extra_args=self._trie_args(trie, b.state, mark_end=True))
+                                 ignore_eos=True, extra_args=self._trie_args(tries[b.owner], b.state, mark_end=True))
                   for b, chain in zip(live, chains)]
         outs = self._engine().generate(requests, params, use_tqdm=False, lora_request=self._lora)
         found: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
         for beam, chain, out in zip(live, chains, outs):
-            state, tokens = beam.state, beam.tokens
+            trie, state, tokens = tries[beam.owner], beam.state, beam.tokens
             for i, position in enumerate(out.outputs[0].logprobs or []):
                 allowed = trie.allowed(state)
                 lp = np.full(len(allowed), -np.inf)
@@ -280,15 +281,17 @@ class VLLMBackend:
                                        lora_request=self._lora)
         return [o.outputs[0].text.strip() for o in outs]
 
-    def constrained_greedy(self, prompts: Sequence[Prompt], trie: Trie,
+    def constrained_greedy(self, prompts: Sequence[Prompt], trie: Tries,
                            max_new_tokens: int = 64) -> list[list[Hypothesis]]:
         """Greedy decoding under the trie, whole requests inside vLLM: the fastest mode (top-1)."""
-        params = self._sampling(max_tokens=max_new_tokens, temperature=0.0, logprobs=0, detokenize=False,
-                                stop_token_ids=[trie.end_token], extra_args=self._trie_args(trie, ROOT, False))
+        tries = per_prompt(trie, len(prompts))
+        params = [self._sampling(max_tokens=max_new_tokens, temperature=0.0, logprobs=0, detokenize=False,
+                                 stop_token_ids=[t.end_token], extra_args=self._trie_args(t, ROOT, False))
+                  for t in tries]
         outs = self._engine().generate([self._request(p) for p in prompts], params, use_tqdm=False,
                                        lora_request=self._lora)
         results = []
-        for out in outs:
+        for trie, out in zip(tries, outs):
             gen = out.outputs[0]
             tokens = tuple(int(t) for t in gen.token_ids)
             value = trie.value(trie.walk(tokens)) if tokens and tokens[-1] == trie.end_token else -1

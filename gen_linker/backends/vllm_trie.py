@@ -20,6 +20,7 @@ in this process, else from the `.npz` path in the request.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,12 +33,18 @@ from ..trie import Trie
 EXTRA_KEY = "gen_linker_trie"
 END_MARK = 64.0
 
-_TRIES: dict[str, Trie] = {}
+# Tries by digest, least recently registered first. Bounded: per-mention tries (candidates)
+# would otherwise pile up; every call registers its tries right before its requests, and one
+# call sends far fewer than this many, so a trie in use is never dropped.
+_TRIES: OrderedDict[str, Trie] = OrderedDict()
+MAX_TRIES = 4096
 
 
 def register_trie(trie: Trie) -> str:
     """Make `trie` reachable by digest from an engine in this process."""
-    _TRIES.setdefault(trie.digest, trie)
+    _TRIES[trie.digest] = _TRIES.pop(trie.digest, trie)
+    while len(_TRIES) > MAX_TRIES:
+        _TRIES.popitem(last=False)
     return trie.digest
 
 
@@ -45,7 +52,7 @@ def _trie(digest: str, path: str | None) -> Trie:
     if digest not in _TRIES:
         if not path:
             raise ValueError(f"trie {digest} is not registered in the engine's process and no path was sent")
-        _TRIES[digest] = Trie.load(path)
+        register_trie(Trie.load(path))
     return _TRIES[digest]
 
 

@@ -18,7 +18,7 @@ from ..prompting import DEFAULT_PROMPT, Demonstration, PromptTemplate
 from ..retrieval import DemoRetriever, demonstration_pool, make_retriever
 from ..schema import Candidate, LinkResult, Mention
 from ..soft_prompts import ImagePrefixer, block_token_starts, splice_images
-from ..trie import Trie, name_trie
+from ..trie import Trie, Tries, name_trie, per_prompt
 
 
 SEARCHES = ("beam", "greedy")
@@ -169,18 +169,16 @@ class GenerativeLinker:
         return self.results(mentions, self.decode(self.prompts(mentions)))
 
     def _link_within_candidates(self, mentions: Sequence[Mention]) -> list[LinkResult]:
-        """Each mention decoded under a trie of its own candidates' names (one call per mention)."""
+        """Each mention decoded under a trie of its own candidates' names; the mentions are
+        still decoded in batches (the backends take one trie per prompt)."""
         demos = self.retriever.retrieve(mentions, self.config.num_demos)
-        out = []
-        for m, d, cands in zip(mentions, demos, self.candidate_lists(mentions)):
-            names = [name for name, _ in cands]
-            if not names:
-                out.append(self._result(m, []))
-                continue
-            trie = name_trie(names, self.backend.tokenizer, self.end_token)
-            hyps = self.decode([self._prompt(m, d, cands)], trie)[0]
-            out.append(self._result(m, hyps, names))
-        return out
+        cand_lists = self.candidate_lists(mentions)
+        names = [[name for name, _ in cands] for cands in cand_lists]
+        todo = [i for i, n in enumerate(names) if n]      # a mention without candidates gets no name
+        tries = [name_trie(names[i], self.backend.tokenizer, self.end_token) for i in todo]
+        hyps = self.decode([self._prompt(mentions[i], demos[i], cand_lists[i]) for i in todo], tries)
+        found = dict(zip(todo, hyps))
+        return [self._result(m, found.get(i, []), names[i]) for i, m in enumerate(mentions)]
 
     def results(self, mentions: Sequence[Mention], hyps: Sequence[list[Hypothesis]]) -> list[LinkResult]:
         """Decoded names as typed results: every entity of each name, best name first."""
@@ -190,17 +188,17 @@ class GenerativeLinker:
     def batch_size(self) -> int:
         return max(1, self.config.batch_size or getattr(self.backend, "default_batch_size", 8))
 
-    def decode(self, prompts: Sequence[Prompt], trie: Trie | None = None) -> list[list[Hypothesis]]:
-        """Trie-constrained search over prompts (the KB's trie unless another is given), results
-        in input order. Prompts are grouped by length into batches of `batch_size` so that
-        little is padding."""
-        trie = trie if trie is not None else self.trie
+    def decode(self, prompts: Sequence[Prompt], trie: Tries | None = None) -> list[list[Hypothesis]]:
+        """Trie-constrained search over prompts (the KB's trie unless another is given, or one
+        per prompt), results in input order. Prompts are grouped by length into batches of
+        `batch_size` so that little is padding."""
+        tries = per_prompt(trie if trie is not None else self.trie, len(prompts))
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: list[list[Hypothesis]] = [[] for _ in prompts]
         cfg = self.config
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            batch = [prompts[i] for i in chunk]
+            batch, trie = [prompts[i] for i in chunk], [tries[i] for i in chunk]
             if cfg.search == "greedy":
                 hyps = self.backend.constrained_greedy(batch, trie, cfg.max_new_tokens)
             else:
