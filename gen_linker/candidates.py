@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from .bm25 import BM25Index
 from .encoders import SentenceEncoder
 from .errors import GenLinkerError
 from .kb import KnowledgeBase
@@ -41,22 +42,20 @@ class CandidateRetriever:
     def __init__(self, kb: KnowledgeBase, encoder: str | SentenceEncoder | None = None,
                  descriptions: Mapping[str, str] | None = None, depth: int = 200, rrf_k: int = RRF_K,
                  show_progress: bool = False) -> None:
-        from rank_bm25 import BM25Okapi
-
         if len(kb) == 0:
             raise GenLinkerError(f"the KB {kb.source} is empty: there is nothing to retrieve")
         self.kb, self.depth, self.rrf_k, self.show_progress = kb, depth, rrf_k, show_progress
         self.ids = [e.id for e in kb]
-        self.bm25 = BM25Okapi([words(" ".join((e.name, *e.aliases))) or ["_"] for e in kb])
+        self.bm25 = BM25Index([words(" ".join((e.name, *e.aliases))) or ["_"] for e in kb])
         self.encoder = encoder if isinstance(encoder, SentenceEncoder) else SentenceEncoder(encoder)
         descriptions = descriptions or {}
         self.texts = [entity_text(e.name, descriptions.get(e.id, e.description)) for e in kb]
         self.entity_emb = self.encoder.encode_cached(self.texts, kb.cache_dir(), show_progress=show_progress)
 
-    def bm25_ranking(self, mention: Mention) -> np.ndarray:
-        """Entity indices by BM25 score of the mention's words, best first (score > 0 only)."""
-        scores = self.bm25.get_scores(words(mention.mention))
-        return top_indices(scores, self.depth, positive=True)
+    def bm25_rankings(self, mentions: Sequence[Mention]) -> list[np.ndarray]:
+        """Entity indices by BM25 score of each mention's words, best first (score > 0 only)."""
+        scores = self.bm25.scores([words(m.mention) for m in mentions])
+        return [top_indices(row, self.depth, positive=True) for row in scores]
 
     def dense_rankings(self, mentions: Sequence[Mention]) -> list[np.ndarray]:
         """Entity indices by cosine to each mention in context, best first."""
@@ -69,8 +68,8 @@ class CandidateRetriever:
         bar = tqdm(total=len(mentions), desc="candidates", unit="mention", disable=not self.show_progress)
         for start in range(0, len(mentions), batch_size):
             batch = mentions[start : start + batch_size]
-            for m, dense in zip(batch, self.dense_rankings(batch)):
-                out.append(self._fuse([self.bm25_ranking(m), dense], k))
+            for lexical, dense in zip(self.bm25_rankings(batch), self.dense_rankings(batch)):
+                out.append(self._fuse([lexical, dense], k))
             bar.update(len(batch))
         bar.close()
         return out

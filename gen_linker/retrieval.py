@@ -1,9 +1,10 @@
 """Retrieval: in-context demonstrations for the generative prompt, and entity candidates.
 
 Demonstrations (GEMEL): the n training mentions whose sentences are most like the query's,
-by SimCSE-style dense similarity (sentence-transformers), BM25 (rank_bm25), or at random (an
-ablation). They are returned least to most similar, so the closest example sits right before
-the query, and a pool example with the query's exact (text, mention) is never returned.
+by SimCSE-style dense similarity (sentence-transformers), BM25 (rank_bm25's Okapi scores as a
+sparse matrix, `bm25.py`), or at random (an ablation). They are returned least to most
+similar, so the closest example sits right before the query, and a pool example with the
+query's exact (text, mention) is never returned.
 
 Candidates (spaCy-style swappable candidate generators): `exact_name_candidates` and
 `BM25NameIndex` rank KB entities for a mention string; they are also the baselines.
@@ -17,6 +18,7 @@ from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
+from .bm25 import BM25Index
 from .kb import KnowledgeBase
 from .prompting import Demonstration
 from .schema import Candidate, Mention
@@ -90,16 +92,14 @@ class SimCSERetriever(_RankedRetriever):
 
 
 class BM25Retriever(_RankedRetriever):
-    """BM25 (Okapi, rank_bm25) over the pool's sentences."""
+    """BM25 (Okapi, rank_bm25's scores; `bm25.BM25Index`) over the pool's sentences."""
 
     def __init__(self, pool: Sequence[Demonstration]) -> None:
         super().__init__(pool)
-        from rank_bm25 import BM25Okapi
-
-        self.bm25 = BM25Okapi([words(d.text) or ["_"] for d in self.pool])
+        self.bm25 = BM25Index([words(d.text) or ["_"] for d in self.pool])
 
     def scores(self, queries: Sequence[Mention]) -> np.ndarray:
-        return np.stack([self.bm25.get_scores(words(m.text)) for m in queries])
+        return self.bm25.scores([words(m.text) for m in queries])
 
 
 class RandomRetriever:
@@ -145,14 +145,12 @@ class BM25NameIndex:
     """BM25 over each entity's name and aliases: a mention's words against the KB's names."""
 
     def __init__(self, kb: KnowledgeBase) -> None:
-        from rank_bm25 import BM25Okapi
-
         self.kb = kb
         self.ids = [e.id for e in kb]
-        self.bm25 = BM25Okapi([words(" ".join((e.name, *e.aliases))) or ["_"] for e in kb])
+        self.bm25 = BM25Index([words(" ".join((e.name, *e.aliases))) or ["_"] for e in kb])
 
     def candidates(self, mention: str, k: int = 10) -> list[Candidate]:
-        scores = self.bm25.get_scores(words(mention))
+        scores = self.bm25.scores([words(mention)])[0]
         return [Candidate(self.ids[i], self.kb.get(self.ids[i]).name, float(scores[i]))
                 for i in top_indices(scores, k, positive=True)]
 
