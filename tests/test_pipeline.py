@@ -68,6 +68,10 @@ def test_dim_decides_only_where_a_rule_fires(dim_folder):
 
     best, scores = tune_margin(pipe, mentions, gen, grid=[0.0, 0.05, 0.5])
     assert set(scores) == {0.0, 0.05, 0.5} and scores[best] == max(scores.values())
+    best, scores = tune_margin(pipe, mentions, gen)          # default grid: 0 up to past every margin
+    finite = [name_margin(g) for g in gen if name_margin(g) != float("inf")]
+    assert min(scores) == 0.0 and (not finite or max(scores) > max(finite))
+    assert scores[best] == max(scores.values())
 
 
 @pytest.mark.real_models

@@ -88,14 +88,21 @@ class PipelineLinker:
 def tune_margin(pipeline: PipelineLinker, dev: Sequence[Mention], generated: Sequence[LinkResult] | None = None,
                 grid: Sequence[float] | None = None) -> tuple[float, dict[float, float]]:
     """The margin with the best dev Top-1 (ties: the smaller margin, fewer fallbacks), and the
-    Top-1 of each margin tried. DIM ranks every dev mention once; margins only pick."""
+    Top-1 of each margin tried. DIM ranks every dev mention once; margins only pick.
+
+    The default grid spans the whole range: 0 (fall back only for the other rules), the 5th to
+    95th percentiles of the dev margins, and just above the largest one (every mention whose
+    beams hold a second name falls back), so a dev set where DIM is simply better can say so."""
     dev = [m for m in dev if m.gold is not None]
     generated = list(generated) if generated is not None else pipeline.generative.link(dev)
     ranked = pipeline.rerank(dev, generated)
     margins = [name_margin(r) for r in generated]
     if grid is None:
         finite = [x for x in margins if math.isfinite(x)]
-        grid = sorted({0.0, *np.quantile(finite, np.linspace(0.05, 0.95, 19)).round(3).tolist()}) if finite else [0.0]
+        grid = [0.0]
+        if finite:
+            above_all = math.floor(max(finite) * 1000 + 1) / 1000      # > every finite margin
+            grid = sorted({0.0, *np.quantile(finite, np.linspace(0.05, 0.95, 19)).round(3).tolist(), above_all})
     scores = {}
     for t in grid:
         hits = []
