@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -26,7 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "eval"))
 
-WIKIMEL = ROOT.parent / "shared" / "data" / "wikimel"
 CONFIGS = {  # name -> (backend, search, torch.compile the vLLM model)
     "hf": ("hf", "beam", False),
     "vllm-beam": ("vllm", "beam", False),
@@ -46,9 +44,11 @@ def worker(args) -> dict:
     from gen_linker.linkers.generative import GenerativeConfig, GenerativeLinker
 
     backend_name, search, compiled = CONFIGS[args.worker]
+    from wikimel import WIKIMEL, seeded_sample
+
     test = datasets.load(WIKIMEL, split="test")
     train = datasets.load(WIKIMEL, split="train")
-    sample = random.Random(0).sample(test.valid, 1000)[: args.mentions]   # the suite's sample
+    sample = seeded_sample(test.valid, 1000)[: args.mentions]   # the suite's sample
     t0 = time.perf_counter()
     options = {"compile": True} if compiled else {}
     backend = load_backend(backend_name, None, **options)

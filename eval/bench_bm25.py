@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -29,8 +28,8 @@ from gen_linker import datasets  # noqa: E402
 from gen_linker.bm25 import BM25Index  # noqa: E402
 from gen_linker.retrieval import top_indices, words  # noqa: E402
 from machine import machine_line  # noqa: E402
+from wikimel import WIKIMEL, seeded_sample  # noqa: E402
 
-WIKIMEL = ROOT.parent / "shared" / "data" / "wikimel"
 
 
 def timed(fn):
@@ -63,7 +62,7 @@ def main() -> int:
     args = ap.parse_args()
     test = datasets.load(WIKIMEL, "melbench", "test")
     train = datasets.load(WIKIMEL, "melbench", "train").valid
-    mentions = random.Random(0).sample(test.valid, args.queries)
+    mentions = seeded_sample(test.valid, args.queries)
     rows = {
         "KB names (mention words)": compare([words(" ".join((e.name, *e.aliases))) or ["_"] for e in test.kb],
                                             [words(m.mention) for m in mentions]),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -26,10 +25,9 @@ from gen_linker.backends import load_backend  # noqa: E402
 from gen_linker.candidates import CandidateRetriever  # noqa: E402
 from gen_linker.evaluation import gold_of, score  # noqa: E402
 from gen_linker.linkers.generative import GenerativeConfig, GenerativeLinker  # noqa: E402
-from gen_linker.retrieval import demonstration_pool, make_retriever  # noqa: E402
 from machine import machine_line  # noqa: E402
+from wikimel import WIKIMEL, seeded_sample  # noqa: E402
 
-WIKIMEL = ROOT.parent / "shared" / "data" / "wikimel"
 
 
 def main() -> int:
@@ -39,13 +37,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results")
     args = ap.parse_args()
     ds = datasets.load(WIKIMEL, "melbench", "test")
-    mentions = random.Random(0).sample(ds.valid, 1000)[: args.mentions]
+    mentions = seeded_sample(ds.valid, 1000)[: args.mentions]
     train = datasets.load(WIKIMEL, "melbench", "train").valid
     backend = load_backend(args.backend, None)
     cfg = GenerativeConfig(num_demos=16, num_beams=5, prompt="gemel_candidates", candidates_in_prompt=10,
                            trie_scope="candidates")
-    linker = GenerativeLinker(ds.kb, backend, make_retriever("simcse", demonstration_pool(train, ds.kb)), cfg,
-                              candidates=CandidateRetriever(ds.kb))
+    linker = GenerativeLinker.from_pretrained(ds.kb, backend=backend, demos=train, config=cfg,
+                                              candidates=CandidateRetriever(ds.kb))
     linker.link(mentions[:8])                                  # warm-up: engine, caches
     runs = {}
     for name, fn in (("one mention per call", lambda: [linker.link([m])[0] for m in mentions]),

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
+from collections import Counter
 import sys
 import time
 from pathlib import Path
@@ -47,18 +47,14 @@ from gen_linker.dim_training import DIMTrainConfig, train_dim  # noqa: E402
 from gen_linker.evaluation import gold_of, read_predictions, score  # noqa: E402
 from gen_linker.linkers.dim import DIMFeaturizer, DIMLinker  # noqa: E402
 from gen_linker.linkers.generative import GenerativeConfig, GenerativeLinker  # noqa: E402
-from gen_linker.linkers.pipeline import PipelineLinker, fallback_reason, tune_margin  # noqa: E402
+from gen_linker.linkers.pipeline import PipelineLinker, tune_margin  # noqa: E402
 from gen_linker.schema import LinkResult  # noqa: E402
 from machine import machine_line  # noqa: E402
+from wikimel import WIKIMEL, seeded_sample  # noqa: E402
 
-WIKIMEL = ROOT.parent / "shared" / "data" / "wikimel"
 NAME = "wikimel_discriminative"
 LLM_DESCRIPTIONS = ROOT / "eval" / "runs" / "llm_descriptions"
 SOURCES = ("KB descriptions", "SmolLM2-written", "names only")
-
-
-def sample(mentions, size, seed=0):
-    return random.Random(seed).sample(mentions, size) if size and size < len(mentions) else mentions
 
 
 def slug(source: str) -> str:
@@ -95,8 +91,8 @@ def main() -> int:
 
     test_ds = datasets.load(WIKIMEL, "melbench", "test")
     kb = test_ds.kb
-    test = sample(test_ds.valid, args.test)
-    dev = sample(datasets.load(WIKIMEL, "melbench", "dev").valid, args.dev)
+    test = seeded_sample(test_ds.valid, args.test)
+    dev = seeded_sample(datasets.load(WIKIMEL, "melbench", "dev").valid, args.dev)
     train = datasets.load(WIKIMEL, "melbench", "train").valid
     runs = ROOT / "eval" / "runs" / NAME
     runs.mkdir(parents=True, exist_ok=True)
@@ -170,10 +166,8 @@ def main() -> int:
         decided = pipe.decide(test, outputs["test"], margin)
         path = runs / f"pipeline-{slug(source)}{'-fused' if fuse else ''}.jsonl"
         path.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in decided))
-        fired = [i for i, r in enumerate(outputs["test"]) if fallback_reason(r, kb, margin)]
-        reasons = {}
-        for i in fired:
-            reasons[decided[i].fallback] = reasons.get(decided[i].fallback, 0) + 1
+        fired = [i for i, r in enumerate(decided) if r.fallback]
+        reasons = dict(Counter(decided[i].fallback for i in fired))
         fixes = sum(outputs["test"][i].entity_id != test[i].gold and decided[i].entity_id == test[i].gold for i in fired)
         breaks = sum(outputs["test"][i].entity_id == test[i].gold and decided[i].entity_id != test[i].gold for i in fired)
         add("pipeline: generative, then DIM" + (" fused" if fuse else ""), source, path, margin=margin,

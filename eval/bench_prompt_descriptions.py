@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -35,8 +34,8 @@ from gen_linker.evaluation import gold_of, read_predictions, score  # noqa: E402
 from gen_linker.linkers.generative import GenerativeConfig, GenerativeLinker  # noqa: E402
 from gen_linker.retrieval import demonstration_pool, make_retriever  # noqa: E402
 from machine import machine_line  # noqa: E402
+from wikimel import WIKIMEL, seeded_sample  # noqa: E402
 
-WIKIMEL = ROOT.parent / "shared" / "data" / "wikimel"
 
 
 def main() -> int:
@@ -49,7 +48,7 @@ def main() -> int:
 
     ds = datasets.load(WIKIMEL, "melbench", "test")
     kb = ds.kb
-    mentions = random.Random(0).sample(ds.valid, 1000)[: args.mentions]
+    mentions = seeded_sample(ds.valid, 1000)[: args.mentions]
     gold = gold_of(mentions)
     train = datasets.load(WIKIMEL, "melbench", "train").valid
     runs = ROOT / "eval" / "runs" / "prompt_descriptions"

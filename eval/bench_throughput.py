@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -24,9 +23,9 @@ sys.path.insert(0, str(ROOT / "eval"))
 from gen_linker import datasets  # noqa: E402
 from gen_linker.linkers.generative import GenerativeConfig, GenerativeLinker  # noqa: E402
 from machine import machine_line  # noqa: E402
+from wikimel import WIKIMEL, seeded_sample  # noqa: E402
 from reference import NestedDictTrie, reference_link  # noqa: E402
 
-WIKIMEL = ROOT.parent / "shared" / "data" / "wikimel"
 
 
 def main() -> int:
@@ -41,7 +40,7 @@ def main() -> int:
 
     test = datasets.load(WIKIMEL, split="test")
     train = datasets.load(WIKIMEL, split="train")
-    sample = random.Random(args.seed).sample(test.valid, args.mentions)
+    sample = seeded_sample(test.valid, args.mentions, args.seed)
     cfg = GenerativeConfig(num_demos=args.num_demos, retriever="simcse", num_beams=args.beams,
                            batch_size=args.batch_size)
     linker = GenerativeLinker.from_pretrained(test.kb, demos=train.valid, config=cfg)

@@ -11,7 +11,6 @@ rank_bm25's to rounding (tested).
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import Sequence
 
@@ -44,7 +43,7 @@ class BM25Index:
     @staticmethod
     def _idf(doc_freq: np.ndarray, n_docs: int, epsilon: float) -> np.ndarray:
         """rank_bm25's idf: log((N - n + 0.5) / (n + 0.5)), negatives set to epsilon x the mean."""
-        idf = np.array([math.log(n_docs - n + 0.5) - math.log(n + 0.5) for n in doc_freq.tolist()])
+        idf = np.log(n_docs - doc_freq + 0.5) - np.log(doc_freq + 0.5)
         idf[idf < 0] = epsilon * idf.mean() if len(idf) else 0.0
         return idf
 

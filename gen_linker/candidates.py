@@ -14,11 +14,10 @@ from typing import Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .bm25 import BM25Index
 from .encoders import SentenceEncoder
 from .errors import GenLinkerError
 from .kb import KnowledgeBase
-from .retrieval import top_indices, words
+from .retrieval import name_bm25, top_indices, words
 from .schema import Candidate, Mention
 
 RRF_K = 60
@@ -46,7 +45,7 @@ class CandidateRetriever:
             raise GenLinkerError(f"the KB {kb.source} is empty: there is nothing to retrieve")
         self.kb, self.depth, self.rrf_k, self.show_progress = kb, depth, rrf_k, show_progress
         self.ids = [e.id for e in kb]
-        self.bm25 = BM25Index([words(" ".join((e.name, *e.aliases))) or ["_"] for e in kb])
+        self.bm25 = name_bm25(kb)
         self.encoder = encoder if isinstance(encoder, SentenceEncoder) else SentenceEncoder(encoder)
         descriptions = descriptions or {}
         self.texts = [entity_text(e.name, descriptions.get(e.id, e.description)) for e in kb]

@@ -161,7 +161,7 @@ def _linker_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dim", type=Path, help="--linker dim/pipeline: a trained DIM folder (gen-linker train-dim)")
     g.add_argument("--margin", type=float, default=0.0,
                    help="--linker pipeline: DIM also decides when the best generated name beats the next by "
-                        "less than this many nats (choose it on dev: eval/bench_pipeline.py; default 0: only "
+                        "less than this many nats (choose it on dev: linkers.pipeline.tune_margin, as eval/bench_discriminative.py does; default 0: only "
                         "unusable or ambiguous generations fall back)")
     g.add_argument("--candidates", type=int, default=100, help="--linker dim: retrieved candidates ranked (default 100)")
     g.add_argument("--captions", type=Path, help="captions JSONL for DIM's expert features")

@@ -141,13 +141,18 @@ def exact_name_candidates(kb: KnowledgeBase, mention: str) -> list[Candidate]:
     return [Candidate(eid, kb.get(eid).name, 1.0) for eid in kb.lookup(mention)]
 
 
+def name_bm25(kb: KnowledgeBase) -> BM25Index:
+    """BM25 over each entity's name and aliases (rows in KB order)."""
+    return BM25Index([words(" ".join((e.name, *e.aliases))) or ["_"] for e in kb])
+
+
 class BM25NameIndex:
     """BM25 over each entity's name and aliases: a mention's words against the KB's names."""
 
     def __init__(self, kb: KnowledgeBase) -> None:
         self.kb = kb
         self.ids = [e.id for e in kb]
-        self.bm25 = BM25Index([words(" ".join((e.name, *e.aliases))) or ["_"] for e in kb])
+        self.bm25 = name_bm25(kb)
 
     def candidates(self, mention: str, k: int = 10) -> list[Candidate]:
         scores = self.bm25.scores([words(mention)])[0]

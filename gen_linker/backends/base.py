@@ -11,7 +11,7 @@ from typing import Protocol, Sequence, Union
 
 import torch
 
-from ..trie import Trie, Tries
+from ..trie import Tries
 
 Prompt = Union[Sequence[int], torch.Tensor]
 
@@ -38,7 +38,7 @@ class Backend(Protocol):
     def constrained_beam_search(self, prompts: Sequence[Prompt], trie: Tries, num_beams: int,
                                 top_k: int | None = None, max_new_tokens: int = 64) -> list[list[Hypothesis]]:
         """For each prompt, up to `top_k` (default `num_beams`) finished names, best first.
-        `trie`: one for every prompt, or a list with one per prompt (`beam.Tries`)."""
+        `trie`: one for every prompt, or a list with one per prompt (`trie.Tries`)."""
 
     def constrained_greedy(self, prompts: Sequence[Prompt], trie: Tries,
                            max_new_tokens: int = 64) -> list[list[Hypothesis]]:

@@ -13,7 +13,7 @@ import torch
 
 from ..beam import ConstrainedBeams
 from ..models import resolve_llm
-from ..trie import Trie, Tries
+from ..trie import Tries
 from .base import Hypothesis, Prompt
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -198,11 +198,11 @@ class GenerativeLinker:
         cfg = self.config
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            batch, trie = [prompts[i] for i in chunk], [tries[i] for i in chunk]
+            batch, batch_tries = [prompts[i] for i in chunk], [tries[i] for i in chunk]
             if cfg.search == "greedy":
-                hyps = self.backend.constrained_greedy(batch, trie, cfg.max_new_tokens)
+                hyps = self.backend.constrained_greedy(batch, batch_tries, cfg.max_new_tokens)
             else:
-                hyps = self.backend.constrained_beam_search(batch, trie, cfg.num_beams, cfg.top_k,
+                hyps = self.backend.constrained_beam_search(batch, batch_tries, cfg.num_beams, cfg.top_k,
                                                             cfg.max_new_tokens)
             for i, h in zip(chunk, hyps):
                 results[i] = h
