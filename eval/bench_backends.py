@@ -41,6 +41,7 @@ def worker(args) -> dict:
     from gen_linker import datasets
     from gen_linker.backends import load_backend
     from gen_linker.evaluation import gold_of, score
+    from gen_linker.hardware import cpu_info
     from gen_linker.linkers.generative import GenerativeConfig, GenerativeLinker
 
     backend_name, search, compiled = CONFIGS[args.worker]
@@ -51,7 +52,7 @@ def worker(args) -> dict:
     sample = seeded_sample(test.valid, 1000)[: args.mentions]   # the suite's sample
     t0 = time.perf_counter()
     options = {"compile": True} if compiled else {}
-    backend = load_backend(backend_name, None, **options)
+    backend = load_backend(backend_name, None, dtype=args.dtype, **options)
     t_start = time.perf_counter() - t0
     cfg = GenerativeConfig(num_demos=16, retriever="simcse", search=search, num_beams=args.beams)
     linker = GenerativeLinker.from_pretrained(test.kb, backend=backend, demos=train.valid, config=cfg)
@@ -67,17 +68,19 @@ def worker(args) -> dict:
     scores = score({r.mention_id: r.to_dict() for r in results}, gold_of(sample))
     names = [h[0].value if h else -1 for h in hyps]
     return {"config": args.worker, "backend": backend_name, "search": search, "mentions": len(sample),
-            "batch_size": linker.batch_size, "dtype": backend.dtype,
+            "batch_size": linker.batch_size, "dtype": backend.dtype, "cpu": cpu_info().line(),
             "compile": bool(options.get("compile", False)),
             "mentions_per_s": len(sample) / t_decode, "decode_s": t_decode, "prompts_s": t_prompts,
             "startup_s": t_start, "avg_prompt_tokens": sum(map(len, prompts)) / len(prompts),
             "top1": scores.top1, "top5": scores.top5, "mrr": scores.mrr, "top1_names": names}
 
 
-def run_child(name: str, args) -> dict:
-    """One configuration in a fresh process: its result and its peak RSS."""
-    cmd = [sys.executable, __file__, "--worker", name, "--mentions", str(args.mentions), "--beams", str(args.beams)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+def run_child(name: str, args, env: dict | None = None) -> dict:
+    """One configuration in a fresh process (with `env` added to its environment): its result
+    and its peak RSS."""
+    cmd = [sys.executable, __file__, "--worker", name, "--mentions", str(args.mentions), "--beams", str(args.beams),
+           "--dtype", args.dtype]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
     if proc.returncode:
         raise SystemExit(f"{name} failed with exit status {proc.returncode}")
     row = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -91,6 +94,7 @@ def main() -> int:
     ap.add_argument("--beams", type=int, default=5)
     ap.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma-separated, of: {', '.join(CONFIGS)}")
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results")
+    ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"))
     ap.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:

@@ -3,6 +3,7 @@
 import pytest
 
 from gen_linker import datasets
+from gen_linker.backends import load_backend
 from gen_linker.cli import SAMPLE_DIR, main
 from gen_linker.kb import KnowledgeBase
 from gen_linker.linkers.generative import GenerativeConfig, GenerativeLinker
@@ -27,8 +28,10 @@ def test_generative_linker_with_simcse_demos_beats_no_demos(sample):
     kb, train, test = sample
     test = test[:24]
     results = {}
+    backend = load_backend("hf", None, dtype="float32")    # the test's dtype, not the machine's
     for n in (0, 16):
-        linker = GenerativeLinker.from_pretrained(kb, demos=train, config=GenerativeConfig(num_demos=n, num_beams=3))
+        linker = GenerativeLinker.from_pretrained(kb, backend=backend, demos=train,
+                                                  config=GenerativeConfig(num_demos=n, num_beams=3))
         out = linker.link(test)
         for r in out:                                           # every answer is a KB entity
             assert r.entity_id in kb and kb.get(r.entity_id).name == r.name

@@ -12,24 +12,12 @@ from typing import Sequence
 import torch
 
 from ..beam import ConstrainedBeams
+from ..hardware import default_dtype, resolve_dtype  # noqa: F401  (default_dtype: re-exported)
 from ..models import resolve_llm
 from ..trie import Tries
 from .base import Hypothesis, Prompt
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def default_dtype(device: str = "cpu") -> str:
-    """bfloat16 where the CPU multiplies it natively (AMX / AVX512-BF16: ~5x faster prefill than
-    float32 on these machines), float32 elsewhere; bfloat16 on a GPU."""
-    if device != "cpu":
-        return "bfloat16"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return "float32"
-    return "bfloat16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "float32"
 
 
 class HFBackend:
@@ -44,7 +32,7 @@ class HFBackend:
             torch.set_num_threads(threads)
         self.path = resolve_llm(llm)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.dtype = default_dtype(device) if dtype == "auto" else dtype
+        self.dtype = resolve_dtype(dtype, device)
         self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=_DTYPES[self.dtype]).to(device)
         if lora:  # a trained LoRA (PEFT folder), merged into the weights
             from ..lora import load_lora

@@ -26,6 +26,7 @@ import torch
 
 from ..beam import ConstrainedBeams
 from ..errors import BackendError
+from ..hardware import resolve_dtype
 from ..models import resolve_llm
 from ..paths import cache_root
 from ..trie import ROOT, Trie, Tries, per_prompt
@@ -105,14 +106,12 @@ class VLLMBackend:
                  lora: str | None = None, engine_args: dict | None = None) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
-        from .hf import default_dtype
-
         self.path = resolve_llm(llm)
         on_cpu = cpu_only()
         in_process = on_cpu if in_process is None else in_process
         _prepare_environment(in_process)
         vllm = _import_vllm()
-        self.dtype = default_dtype("cpu" if on_cpu else "cuda") if dtype == "auto" else dtype
+        self.dtype = resolve_dtype(dtype, "cpu" if on_cpu else "cuda")
         if on_cpu and self.dtype == "bfloat16":
             request_amx()
         self.in_process = in_process
