@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "eval"))
 
 CONFIGS = {  # name -> (backend, search, torch.compile the vLLM model)
     "hf": ("hf", "beam", False),
@@ -38,24 +36,22 @@ DEFAULT_CONFIGS = "hf,vllm-beam,vllm-greedy,vllm-beam-compiled,vllm-greedy-compi
 
 def worker(args) -> dict:
     """Link the sample with one configuration; print one JSON line."""
-    from gen_linker import datasets
-    from gen_linker.backends import load_backend
+    from gen_linker import datasets, load_linker
     from gen_linker.evaluation import gold_of, score
     from gen_linker.hardware import cpu_info
-    from gen_linker.linkers.generative import GenerativeConfig, GenerativeLinker
+    from wikimel import WIKIMEL, WIKIMEL_DEMOS, seeded_sample
 
     backend_name, search, compiled = CONFIGS[args.worker]
-    from wikimel import WIKIMEL, seeded_sample
 
     test = datasets.load(WIKIMEL, split="test")
-    train = datasets.load(WIKIMEL, split="train")
     sample = seeded_sample(test.valid, 1000)[: args.mentions]   # the suite's sample
+    spec = {"backend": {"name": backend_name, "dtype": args.dtype, "vllm_compile": "on" if compiled else "off"},
+            "generative": {**WIKIMEL_DEMOS, "num_demos": 16, "demo_retriever": "simcse", "search": search,
+                           "beams": args.beams}}
     t0 = time.perf_counter()
-    options = {"compile": True} if compiled else {}
-    backend = load_backend(backend_name, None, dtype=args.dtype, **options)
+    linker = load_linker(test.kb, spec)
     t_start = time.perf_counter() - t0
-    cfg = GenerativeConfig(num_demos=16, retriever="simcse", search=search, num_beams=args.beams)
-    linker = GenerativeLinker.from_pretrained(test.kb, backend=backend, demos=train.valid, config=cfg)
+    backend = linker.backend
     _ = linker.trie
     t0 = time.perf_counter()
     prompts = linker.prompts(sample)
@@ -67,12 +63,13 @@ def worker(args) -> dict:
     results = linker.results(sample, hyps)
     scores = score({r.mention_id: r.to_dict() for r in results}, gold_of(sample))
     names = [h[0].value if h else -1 for h in hyps]
+    hits = [int(r.entity_id == m.gold) for r, m in zip(results, sample)]
     return {"config": args.worker, "backend": backend_name, "search": search, "mentions": len(sample),
             "batch_size": linker.batch_size, "dtype": backend.dtype, "cpu": cpu_info().line(),
-            "compile": bool(options.get("compile", False)),
+            "compile": compiled,
             "mentions_per_s": len(sample) / t_decode, "decode_s": t_decode, "prompts_s": t_prompts,
             "startup_s": t_start, "avg_prompt_tokens": sum(map(len, prompts)) / len(prompts),
-            "top1": scores.top1, "top5": scores.top5, "mrr": scores.mrr, "top1_names": names}
+            "top1": scores.top1, "top5": scores.top5, "mrr": scores.mrr, "top1_names": names, "hits": hits}
 
 
 def run_child(name: str, args, env: dict | None = None) -> dict:

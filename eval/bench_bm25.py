@@ -22,13 +22,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from gen_linker import datasets  # noqa: E402
-from gen_linker.bm25 import BM25Index  # noqa: E402
-from gen_linker.retrieval import top_indices, words  # noqa: E402
-from machine import machine_line  # noqa: E402
-from wikimel import WIKIMEL, seeded_sample  # noqa: E402
+from gen_linker import datasets
+from gen_linker.bm25 import BM25Index
+from gen_linker.bm25 import top_indices, words
+from machine import machine_line
+from wikimel import WIKIMEL, seeded_sample
 
 
 

@@ -17,16 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from gen_linker import datasets, load_linker
+from gen_linker.evaluation import gold_of, score
+from machine import machine_line
+from wikimel import WIKIMEL, WIKIMEL_DEMOS, seeded_sample
 
-from gen_linker import datasets  # noqa: E402
-from gen_linker.backends import load_backend  # noqa: E402
-from gen_linker.candidates import CandidateRetriever  # noqa: E402
-from gen_linker.evaluation import gold_of, score  # noqa: E402
-from gen_linker.linkers.generative import GenerativeConfig, GenerativeLinker  # noqa: E402
-from machine import machine_line  # noqa: E402
-from wikimel import WIKIMEL, seeded_sample  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 
@@ -38,12 +34,9 @@ def main() -> int:
     args = ap.parse_args()
     ds = datasets.load(WIKIMEL, "melbench", "test")
     mentions = seeded_sample(ds.valid, 1000)[: args.mentions]
-    train = datasets.load(WIKIMEL, "melbench", "train").valid
-    backend = load_backend(args.backend, None)
-    cfg = GenerativeConfig(num_demos=16, num_beams=5, prompt="gemel_candidates", candidates_in_prompt=10,
-                           trie_scope="candidates")
-    linker = GenerativeLinker.from_pretrained(ds.kb, backend=backend, demos=train, config=cfg,
-                                              candidates=CandidateRetriever(ds.kb))
+    linker = load_linker(ds.kb, {"backend": {"name": args.backend},
+                                 "generative": {**WIKIMEL_DEMOS, "num_demos": 16, "beams": 5,
+                                                "candidates_in_prompt": 10, "trie_scope": "candidates"}})
     linker.link(mentions[:8])                                  # warm-up: engine, caches
     runs = {}
     for name, fn in (("one mention per call", lambda: [linker.link([m])[0] for m in mentions]),

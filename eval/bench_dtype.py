@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "eval"))
 
 ISA_ENV = {
     "native": {},
@@ -42,36 +41,56 @@ def main() -> int:
     ap.add_argument("--configs", default="hf,vllm-beam", help="bench_backends configurations")
     ap.add_argument("--dtypes", default="bfloat16,float32")
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results")
+    ap.add_argument("--append", action="store_true", help="keep the finished rows of earlier invocations in the table")
     args = ap.parse_args()
     partial = args.out / "dtype.partial.jsonl"        # finished runs, so a stopped bench resumes
     done = {}
     if partial.exists():
         for line in partial.read_text().splitlines():
             r = json.loads(line)
-            done[(r["isa"], r["config"], r["dtype"])] = r
+            done[(r["isa"], r["config"], r["dtype"], r["mentions"])] = r
     rows = []
     for isa in args.isas.split(","):
         for config in args.configs.split(","):
             for dtype in args.dtypes.split(","):
-                key = (isa, config, dtype)
+                key = (isa, config, dtype, args.mentions)
                 if key not in done:
                     print(f"running {isa} {config} {dtype} ...", file=sys.stderr, flush=True)
                     child = argparse.Namespace(mentions=args.mentions, beams=args.beams, dtype=dtype)
-                    row = bench_backends.run_child(config, child, ISA_ENV[isa])
+                    try:
+                        row = bench_backends.run_child(config, child, ISA_ENV[isa])
+                    except SystemExit as e:       # a crash is a finding: recorded, not fatal
+                        row = {"config": config, "dtype": dtype, "mentions": args.mentions, "failed": str(e),
+                               "mentions_per_s": 0.0, "top1": 0.0, "cpu": "-", "top1_names": [], "hits": []}
                     row["isa"] = isa
                     done[key] = row
                     with partial.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                 r = done[key]
-                print(f"  {isa} {config} {dtype}: {r['mentions_per_s']:.2f} mentions/s, Top-1 {r['top1']:.3f}",
-                      file=sys.stderr, flush=True)
+                print(f"  {isa} {config} {dtype}: " + (f"FAILED ({r['failed']})" if r.get("failed") else
+                      f"{r['mentions_per_s']:.2f} mentions/s, Top-1 {r['top1']:.3f}"), file=sys.stderr, flush=True)
                 rows.append(r)
+    if args.append:                      # rows of earlier invocations (other ISAs or sizes) stay in the table
+        rows = [r for k, r in done.items() if r not in rows] + rows
+        order = {"native": 0, "AVX512_CORE_BF16": 1, "AVX2": 2}
+        rows.sort(key=lambda r: (order.get(r["isa"], 9), r["config"], r["dtype"]))
     write_results(args, rows, machine_line())
     return 0
 
 
+def paired_diff(a: dict, b: dict, n: int = 1000) -> tuple[float, float, float]:
+    """Top-1 of a minus b on the same mentions, with a bootstrap 95% interval."""
+    import numpy as np
+
+    ha, hb = np.array(a["hits"], dtype=float), np.array(b["hits"], dtype=float)
+    d = ha - hb
+    idx = np.random.default_rng(0).integers(0, len(d), size=(n, len(d)))
+    low, high = np.percentile(d[idx].mean(1), [2.5, 97.5])
+    return float(d.mean()), float(low), float(high)
+
+
 def write_results(args, rows: list[dict], machine: str) -> None:
-    fp32 = {(r["isa"], r["config"]): r for r in rows if r["dtype"] == "float32"}
+    fp32 = {(r["isa"], r["config"], r["mentions"]): r for r in rows if r["dtype"] == "float32"}
     lines = ["# dtype: bfloat16 vs float32 per processor kind (what `--dtype auto` picks)", "",
              f"- command: `python eval/bench_dtype.py {' '.join(sys.argv[1:])}`",
              f"- machine: {machine}", f"- date: {time.strftime('%Y-%m-%d')}",
@@ -79,15 +98,25 @@ def write_results(args, rows: list[dict], machine: str) -> None:
              f"SmolLM2-135M-Instruct, 16 SimCSE demonstrations, beam {args.beams}; each row a fresh process; "
              "mentions/s = decoding only. Processor kinds emulated with oneDNN's ISA cap (`cpu` column: what "
              "the process saw); the machine was otherwise idle.", "",
-             "| processor kind | backend | dtype | mentions/s | bf16 / fp32 speed | Top-1 | same top-1 as fp32 | cpu |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| processor kind | backend | dtype | mentions | mentions/s | bf16 / fp32 speed | Top-1 | bf16 - fp32 Top-1 (95% interval) | same top-1 as fp32 | cpu |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ref = fp32.get((r["isa"], r["config"]))
+        ref = fp32.get((r["isa"], r["config"], r["mentions"]))
         ratio = f"{r['mentions_per_s'] / ref['mentions_per_s']:.2f}x" if ref and r["dtype"] == "bfloat16" else "-"
         same = (f"{sum(a == b for a, b in zip(r['top1_names'], ref['top1_names'])) / len(ref['top1_names']):.1%}"
                 if ref else "-")
-        lines.append(f"| {r['isa']} | {r['config']} | {r['dtype']} | {r['mentions_per_s']:.2f} | {ratio} | "
-                     f"{r['top1']:.3f} | {same} | {r['cpu']} |")
+        if r.get("failed"):
+            lines.append(f"| {r['isa']} | {r['config']} | {r['dtype']} | {r['mentions']} | fails: {r['failed']} "
+                         "| - | - | - | - | - |")
+            continue
+        if ref and ref.get("failed"):
+            ref = None
+        diff = "-"
+        if ref and r["dtype"] == "bfloat16":
+            d = paired_diff(r, ref)
+            diff = f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
+        lines.append(f"| {r['isa']} | {r['config']} | {r['dtype']} | {r['mentions']} | {r['mentions_per_s']:.2f} | "
+                     f"{ratio} | {r['top1']:.3f} | {diff} | {same} | {r['cpu']} |")
     text = "\n".join(lines) + "\n"
     old = args.out / "dtype.md"
     if old.exists() and "## Reading" in old.read_text():           # hand-written reading survives

@@ -21,20 +21,16 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "eval"))
 
-from gen_linker import datasets  # noqa: E402
-from gen_linker.backends import load_backend  # noqa: E402
-from gen_linker.kb import KnowledgeBase  # noqa: E402
-from gen_linker.linkers.generative import GenerativeConfig, GenerativeLinker  # noqa: E402
-from gen_linker.mapper import LinearMapper  # noqa: E402
-from gen_linker.retrieval import demonstration_pool, make_retriever  # noqa: E402
-from gen_linker.soft_prompts import ImagePrefixer  # noqa: E402
-from gen_linker.training import TrainConfig, dev_top1, train_mapper  # noqa: E402
-from gen_linker.vision import VisionEncoder  # noqa: E402
-from machine import machine_line  # noqa: E402
-from synthetic_mel import generate  # noqa: E402
+from gen_linker import datasets, load_linker
+from gen_linker.kb import KnowledgeBase
+from gen_linker.linkers.generative import GenerativeLinker
+from gen_linker.mapper import LinearMapper
+from gen_linker.soft_prompts import ImagePrefixer
+from gen_linker.training import TrainConfig, dev_top1, train_mapper
+from gen_linker.vision import VisionEncoder
+from machine import machine_line
+from synthetic_mel import generate
 
 
 def main() -> int:
@@ -54,9 +50,9 @@ def main() -> int:
     counts = generate(bench, groups=args.groups, per_group=3, mentions=args.mentions, seed=0)
     kb = KnowledgeBase.from_jsonl(bench / "entities.jsonl")
     train, dev, test = (datasets.load(bench / f"{s}.jsonl").valid for s in ("train", "dev", "test"))
-    backend = load_backend("hf", None)
-    pool = demonstration_pool(train, kb)
-    cfg = GenerativeConfig(num_demos=args.num_demos, retriever="bm25", num_beams=3)
+    text_only = load_linker(kb, {"generative": {"demos": str(bench / "train.jsonl"), "num_demos": args.num_demos,
+                                                "demo_retriever": "bm25", "beams": 3}})
+    backend = text_only.backend
 
     # Vision feature extraction, cold then from the cache.
     encoder = VisionEncoder.from_config(seed=0)
@@ -70,8 +66,7 @@ def main() -> int:
     warm = len(refs) / (time.perf_counter() - t0)
 
     def linker_with(mapper: LinearMapper | None) -> GenerativeLinker:
-        images = ImagePrefixer(encoder, mapper, bench, cache) if mapper is not None else None
-        return GenerativeLinker(kb, backend, make_retriever("bm25", pool), cfg, images=images)
+        return text_only.with_images(ImagePrefixer(encoder, mapper, bench, cache) if mapper is not None else None)
 
     hidden = int(backend.embed([0]).shape[-1])
     rows = []

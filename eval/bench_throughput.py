@@ -16,15 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "eval"))
+from gen_linker import datasets, load_linker
+from machine import machine_line
+from reference import NestedDictTrie, reference_link
+from wikimel import WIKIMEL, WIKIMEL_DEMOS, seeded_sample
 
-from gen_linker import datasets  # noqa: E402
-from gen_linker.linkers.generative import GenerativeConfig, GenerativeLinker  # noqa: E402
-from machine import machine_line  # noqa: E402
-from wikimel import WIKIMEL, seeded_sample  # noqa: E402
-from reference import NestedDictTrie, reference_link  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 
@@ -39,11 +36,9 @@ def main() -> int:
     args = ap.parse_args()
 
     test = datasets.load(WIKIMEL, split="test")
-    train = datasets.load(WIKIMEL, split="train")
     sample = seeded_sample(test.valid, args.mentions, args.seed)
-    cfg = GenerativeConfig(num_demos=args.num_demos, retriever="simcse", num_beams=args.beams,
-                           batch_size=args.batch_size)
-    linker = GenerativeLinker.from_pretrained(test.kb, demos=train.valid, config=cfg)
+    linker = load_linker(test.kb, {"generative": {**WIKIMEL_DEMOS, "num_demos": args.num_demos, "beams": args.beams,
+                                                  "batch_size": args.batch_size}})
     trie = linker.trie
     prompts = linker.prompts(sample)                       # retrieval is outside both timings
     names = test.kb.names()

@@ -18,7 +18,7 @@ from .errors import GenLinkerError
 from .lora import LoraSpec
 from .mapper import LinearMapper
 from .soft_prompts import ImagePrefixer
-from .vision import VisionEncoder
+from .vision import load_vision_encoder
 
 RECIPE_DEFAULTS = {"llm": None, "vision": "random:0", "n_prefix": 4, "prompt": "gemel", "dev": None,
                    "image_root": None, "num_demos": 4, "retriever": "bm25", "epochs": 3, "lr": 1e-3,
@@ -35,7 +35,7 @@ def load_recipe(path: str | Path) -> dict:
     missing = [k for k in ("kb", "train") if not data.get(k)]
     if missing:
         raise GenLinkerError(f"recipe {path} lacks {', '.join(missing)}")
-    unknown = set(data) - set(RECIPE_DEFAULTS) - set(RECIPE_PATHS) - {"name"}
+    unknown = set(data) - set(RECIPE_DEFAULTS) - set(RECIPE_PATHS) - {"name", "task"}
     if unknown:
         raise GenLinkerError(f"recipe {path} has unknown keys: {', '.join(sorted(unknown))}")
     try:
@@ -47,13 +47,6 @@ def load_recipe(path: str | Path) -> dict:
         if recipe.get(key) is not None and not Path(recipe[key]).is_absolute():
             recipe[key] = str(path.parent / recipe[key])
     return recipe
-
-
-def vision_encoder(spec: str) -> VisionEncoder:
-    """`random:SEED` (a frozen, randomly initialised small CLIP) or a CLIP model folder / id."""
-    if spec.startswith("random:"):
-        return VisionEncoder.from_config(seed=int(spec.split(":", 1)[1]))
-    return VisionEncoder(spec)
 
 
 def save_adapter(folder: str | Path, mapper: LinearMapper, card: dict) -> Path:
@@ -80,8 +73,12 @@ def load_adapter(folder: str | Path, image_root: str | Path | None = None,
     card = yaml.safe_load((folder / "adapter.yaml").read_text())
     if card.get("lora") and not (folder / "lora" / "adapter_config.json").exists():
         raise GenLinkerError(f"adapter {folder}: the card names a LoRA but {folder / 'lora'} is missing")
+    if card.get("lora") and not (folder / "lora" / "adapter_model.safetensors").exists():
+        raise GenLinkerError(f"adapter {folder}: {folder / 'lora' / 'adapter_model.safetensors'} is missing")
+    if card.get("task") == "choose":          # text only: a LoRA that chooses among listed candidates
+        return None, card
     mapper = LinearMapper.load(folder / "mapper")
-    encoder = vision_encoder(card["vision"])
+    encoder = load_vision_encoder(card["vision"])
     if encoder.feature_dim != mapper.feature_dim:
         raise GenLinkerError(f"adapter {folder}: the vision encoder gives {encoder.feature_dim}-d features, "
                              f"the mapper expects {mapper.feature_dim}")
@@ -100,7 +97,7 @@ def train_adapter(recipe: dict, progress: bool = True):
     from .kb import KnowledgeBase
     from .linkers.generative import GenerativeConfig, GenerativeLinker
     from .models import DEFAULT_LLM
-    from .retrieval import demonstration_pool, make_retriever
+    from .demonstrations import demonstration_pool, make_retriever
     from .lora import add_lora, lora_parameters, save_lora
     from .training import TrainConfig, load_weights, train_mapper
 
@@ -108,7 +105,7 @@ def train_adapter(recipe: dict, progress: bool = True):
     train = datasets.load(Path(recipe["train"])).valid
     dev = datasets.load(Path(recipe["dev"])).valid if recipe["dev"] else []
     backend = load_backend("hf", recipe["llm"], dtype=recipe["dtype"])
-    encoder = vision_encoder(recipe["vision"])
+    encoder = load_vision_encoder(recipe["vision"])
     torch.manual_seed(recipe["seed"])
     lora = LoraSpec.from_recipe(recipe["lora"])
     if lora is not None:

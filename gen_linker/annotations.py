@@ -42,6 +42,19 @@ def read_descriptions(path: str | Path) -> dict[str, str]:
     return {k: r["description"] for k, r in records.items()}
 
 
+NAMES_ONLY = "none"   # as a descriptions "path": ignore every description, link by names alone
+
+
+def descriptions_for(path: str | Path | None, kb) -> dict[str, str] | None:
+    """The descriptions a setting asks for: None (the KB's own), `none` (names only: every
+    description blanked), or a descriptions JSONL file."""
+    if path is None:
+        return None
+    if str(path) == NAMES_ONLY:
+        return {e.id: "" for e in kb}
+    return read_descriptions(path)
+
+
 def read_captions(path: str | Path) -> dict[str, dict]:
     """Mention id or image reference -> captions record."""
     records, errors = read_keyed_jsonl(path, ("id", "image"), "caption")

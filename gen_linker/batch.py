@@ -40,8 +40,13 @@ class BatchSummary:
         return text + (f", {self.resumed} already done (resumed)" if self.resumed else "")
 
 
+def error_id(err: RecordError, index: int | str) -> str:
+    """The id an error record is written under: the record's own, else its line, else its index."""
+    return err.record_id or (str(err.line) if err.line is not None else str(index))
+
+
 def error_record(err: RecordError, fallback_id: str) -> dict:
-    rec = {"id": err.record_id or fallback_id, "error": err.reason}
+    rec = {"id": error_id(err, fallback_id), "error": err.reason}
     if err.line is not None:
         rec["line"] = err.line
     return rec
@@ -107,7 +112,7 @@ def _chunks(records: Iterable[Mention | RecordError], size: int, skip: list[str]
     n_mentions = 0
     for index, rec in enumerate(records, 1):
         if index <= len(skip):
-            rid = rec.id if isinstance(rec, Mention) else (rec.record_id or str(index))
+            rid = rec.id if isinstance(rec, Mention) else error_id(rec, index)
             if rid != skip[index - 1]:
                 raise ResumeError(f"cannot resume: output line {index} answers record {skip[index - 1]!r} "
                                   f"but input record {index} is {rid!r}; is it the same input?")

@@ -15,8 +15,18 @@ from typing import Sequence
 
 import numpy as np
 
-from .backends.base import Hypothesis
 from .trie import ROOT, Tries, per_prompt
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A finished beam: the name's index in the trie's build list, its tokens (with the end
+    token) and its score, the summed log-probability of those tokens (not length-normalised:
+    every name ends with the same end token, and an unnormalised sum makes the early stop exact)."""
+
+    value: int
+    tokens: tuple[int, ...]
+    score: float
 
 
 @dataclass

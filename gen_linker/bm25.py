@@ -11,11 +11,16 @@ rank_bm25's to rounding (tested).
 """
 from __future__ import annotations
 
+import hashlib
+import re
 from collections import Counter
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from scipy import sparse
+
+from .arrayfiles import load_arrays, save_arrays
 
 
 class BM25Index:
@@ -42,20 +47,120 @@ class BM25Index:
 
     @staticmethod
     def _idf(doc_freq: np.ndarray, n_docs: int, epsilon: float) -> np.ndarray:
-        """rank_bm25's idf: log((N - n + 0.5) / (n + 0.5)), negatives set to epsilon x the mean."""
+        """rank_bm25's idf: log((N - n + 0.5) / (n + 0.5)), negatives set to epsilon x the mean.
+        Where the mean itself is not positive (a KB of a few entities sharing most words),
+        rank_bm25 would score every match <= 0; the floor is then kept just above 0 instead,
+        so that a word match still counts."""
         idf = np.log(n_docs - doc_freq + 0.5) - np.log(doc_freq + 0.5)
-        idf[idf < 0] = epsilon * idf.mean() if len(idf) else 0.0
+        if len(idf):
+            idf[idf < 0] = max(epsilon * idf.mean(), 1e-3)
         return idf
 
-    def scores(self, queries: Sequence[Sequence[str]]) -> np.ndarray:
-        """BM25 score of every document for each query (a query word counts as often as it
-        occurs; unknown words score nothing)."""
+    def query_matrix(self, queries: Sequence[Sequence[str]]) -> sparse.csr_matrix:
+        """`[queries, words]` counts of each query's known words (unknown words score nothing)."""
         rows, cols, counts = [], [], []
         for row, query in enumerate(queries):
             for word, n in Counter(w for w in query if w in self.vocab).items():
                 rows.append(row)
                 cols.append(self.vocab[word])
                 counts.append(n)
-        q = sparse.csr_matrix((np.array(counts, dtype=np.float64), (rows, cols)),
-                              shape=(len(queries), len(self.vocab)))
-        return (q @ self.weights).toarray()
+        return sparse.csr_matrix((np.array(counts, dtype=np.float64), (rows, cols)),
+                                 shape=(len(queries), len(self.vocab)))
+
+    @property
+    def n_documents(self) -> int:
+        return self.weights.shape[1]
+
+    def scores(self, queries: Sequence[Sequence[str]]) -> np.ndarray:
+        """BM25 score of every document for each query (a query word counts as often as it
+        occurs; unknown words score nothing)."""
+        return (self.query_matrix(queries) @ self.weights).toarray()
+
+    def top(self, queries: Sequence[Sequence[str]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(document indices, scores) of each query's k best documents with a score > 0, best
+        first, ties by index; from the sparse product, never a dense `[queries, documents]`
+        matrix (8 MB per query at a million documents)."""
+        product = (self.query_matrix(queries) @ self.weights).tocsr()
+        out = []
+        for row in range(product.shape[0]):
+            lo, hi = product.indptr[row], product.indptr[row + 1]
+            docs, vals = product.indices[lo:hi], product.data[lo:hi]
+            keep = vals > 0
+            docs, vals = docs[keep], vals[keep]
+            order = np.lexsort((docs, -vals))[:k]
+            out.append((docs[order].astype(np.int64), vals[order]))
+        return out
+
+    # --------------------------------------------------------------------------- storage
+    def save(self, path: str | Path) -> Path:
+        """The index as one uncompressed `.npz` that `load` memory-maps: the matrix's CSR
+        arrays and the vocabulary as sorted 64-bit word hashes (no Python dict to rebuild)."""
+        words_ = list(self.vocab)
+        hashes = np.fromiter((word_hash(w) for w in words_), dtype=np.uint64, count=len(words_))
+        columns = np.fromiter((self.vocab[w] for w in words_), dtype=np.int64, count=len(words_))
+        order = np.argsort(hashes, kind="stable")
+        if len(hashes) > 1 and (np.diff(hashes[order]) == 0).any():
+            raise ValueError("two vocabulary words share a 64-bit hash; this index cannot be saved")
+        w = self.weights
+        return save_arrays(path, {"data": w.data, "indices": w.indices, "indptr": w.indptr,
+                                  "shape": np.array(w.shape, dtype=np.int64),
+                                  "word_hash": hashes[order], "word_column": columns[order]})
+
+    @classmethod
+    def load(cls, path: str | Path, mmap_mode: bool = True) -> "BM25Index":
+        """A saved index; its arrays memory-mapped by default (one copy per machine)."""
+        z = load_arrays(path, mmap_mode=mmap_mode)
+        index = cls.__new__(cls)
+        index.vocab = HashedVocabulary(z["word_hash"], z["word_column"])
+        index.weights = sparse.csr_matrix((z["data"], z["indices"], z["indptr"]),
+                                          shape=tuple(int(x) for x in z["shape"]), copy=False)
+        return index
+
+
+def word_hash(word: str) -> int:
+    """A stable 64-bit hash of a word (the same in every process, unlike `hash`)."""
+    return int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+class HashedVocabulary:
+    """word -> column over two sorted arrays (word hashes, columns), memory-mapped: what a
+    loaded index uses instead of a dict of a million words per process. A word not in the
+    vocabulary can only be mistaken for one if their 64-bit hashes collide."""
+
+    def __init__(self, hashes: np.ndarray, columns: np.ndarray) -> None:
+        self.hashes, self.columns = hashes, columns
+
+    def _find(self, word: str) -> int:
+        h = np.uint64(word_hash(word))
+        i = int(np.searchsorted(self.hashes, h))
+        return int(self.columns[i]) if i < len(self.hashes) and self.hashes[i] == h else -1
+
+    def __contains__(self, word: str) -> bool:
+        return self._find(word) >= 0
+
+    def __getitem__(self, word: str) -> int:
+        col = self._find(word)
+        if col < 0:
+            raise KeyError(word)
+        return col
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+
+_WORD = re.compile(r"\w+")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens: what BM25 indexes."""
+    return _WORD.findall(text.lower())
+
+
+def top_indices(scores: np.ndarray, k: int, positive: bool = False) -> np.ndarray:
+    """Indices of the k highest scores, best first (ties by index); only scores > 0 if `positive`."""
+    k = min(k, len(scores))
+    if k <= 0:
+        return np.zeros(0, dtype=int)
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.lexsort((top, -scores[top]))]
+    return top[scores[top] > 0] if positive else top

@@ -1,5 +1,10 @@
-"""Candidate entities for discriminative linking: BM25 over names and aliases, fused with dense
-retrieval over name + description, by reciprocal rank fusion.
+"""Candidate generation, all of it (spaCy-style swappable generators): which KB entities a
+mention may name.
+
+- `exact_name_candidates` and `BM25NameIndex`: the mention string against names and aliases
+  (the `exact` and `bm25` baselines).
+- `CandidateRetriever`: BM25 over names and aliases fused with dense retrieval over name +
+  description, by reciprocal rank fusion (DIM's candidates, the generative prompt's).
 
 BM25 finds the entities whose names share the mention's words (most gold entities); the dense
 side (sentence-transformers, the mention in its sentence against `name: description`) finds
@@ -9,18 +14,30 @@ sum(1 / (rrf_k + rank)) over the lists it appears in.
 """
 from __future__ import annotations
 
+import os
 from typing import Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from .encoders import SentenceEncoder
+from .encoders import SentenceEncoder, text_digest
 from .errors import GenLinkerError
 from .kb import KnowledgeBase
-from .retrieval import name_bm25, top_indices, words
+from .bm25 import BM25Index, top_indices, words
 from .schema import Candidate, Mention
 
 RRF_K = 60
+# From this many entities dense retrieval asks an ANN index (`ann.IVFIndex`, faiss) instead of
+# scoring every entity, and BM25 takes each query's top documents from the sparse product
+# instead of a dense score row; below it both are exactly what they always were.
+# $GEN_LINKER_EXACT_BELOW overrides it (and reaches Ray actors with the other GEN_LINKER_ settings).
+EXACT_BELOW = 100_000
+
+
+def ann_threshold() -> int:
+    """The KB size from which retrieval is approximate: $GEN_LINKER_EXACT_BELOW, else EXACT_BELOW."""
+    value = os.environ.get("GEN_LINKER_EXACT_BELOW")
+    return int(value) if value else EXACT_BELOW
 
 
 def entity_text(name: str, description: str | None) -> str:
@@ -40,7 +57,10 @@ class CandidateRetriever:
 
     def __init__(self, kb: KnowledgeBase, encoder: str | SentenceEncoder | None = None,
                  descriptions: Mapping[str, str] | None = None, depth: int = 200, rrf_k: int = RRF_K,
-                 show_progress: bool = False) -> None:
+                 show_progress: bool = False, exact_below: int | None = None, nprobe: int | None = None) -> None:
+        """`exact_below`: the KB size from which dense retrieval is approximate (faiss IVF,
+        `nprobe` clusters probed, exact cosines re-scored) and BM25 sparse top-k (default:
+        `ann_threshold()`)."""
         if len(kb) == 0:
             raise GenLinkerError(f"the KB {kb.source} is empty: there is nothing to retrieve")
         self.kb, self.depth, self.rrf_k, self.show_progress = kb, depth, rrf_k, show_progress
@@ -49,16 +69,54 @@ class CandidateRetriever:
         self.encoder = encoder if isinstance(encoder, SentenceEncoder) else SentenceEncoder(encoder)
         descriptions = descriptions or {}
         self.texts = [entity_text(e.name, descriptions.get(e.id, e.description)) for e in kb]
-        self.entity_emb = self.encoder.encode_cached(self.texts, kb.cache_dir(), show_progress=show_progress)
+        self.entity_emb = self.encoder.encode_cached(self.texts, kb.cache_dir(), show_progress=show_progress,
+                                                     mmap_mode=kb.folder is not None)
+        self.ann = None
+        if len(kb) >= (exact_below if exact_below is not None else ann_threshold()):
+            from .ann import IVFIndex, default_nprobe
+
+            self.ann = IVFIndex.cached(self.entity_emb, kb.cache_dir(), text_digest(self.texts, self.encoder.path),
+                                       nprobe=nprobe or default_nprobe(), progress=show_progress)
 
     def bm25_rankings(self, mentions: Sequence[Mention]) -> list[np.ndarray]:
         """Entity indices by BM25 score of each mention's words, best first (score > 0 only)."""
-        scores = self.bm25.scores([words(m.mention) for m in mentions])
+        queries = [words(m.mention) for m in mentions]
+        if self.ann is not None:
+            return [idx for idx, _ in self.bm25.top(queries, self.depth)]
+        scores = self.bm25.scores(queries)
         return [top_indices(row, self.depth, positive=True) for row in scores]
+
+    def dense_scores(self, mentions: Sequence[Mention]) -> np.ndarray:
+        """`[mentions, entities]` cosines of each mention in context to every entity. With an
+        ANN index (KBs from `exact_below`) only the index's top-`depth` entities of each
+        mention have their (exact) cosine; every other entry is -inf, i.e. not retrieved, so
+        that `top_indices(row, k)` for k <= depth still ranks right. `dense_top` gives the
+        same without the full rows."""
+        queries = self.encoder.encode([mention_text(m) for m in mentions])
+        if self.ann is None:
+            return queries @ self.entity_emb.T
+        idx, cos = self.ann.search(queries, self.depth)
+        out = np.full((len(mentions), len(self.ids)), -np.inf, dtype=np.float32)
+        for row, (i, c) in enumerate(zip(idx, cos)):
+            out[row, i[i >= 0]] = c[i >= 0]
+        return out
+
+    def dense_top(self, queries: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(entity indices, cosines) of each encoded query's `depth` nearest entities, best first."""
+        if self.ann is None:
+            out = []
+            for row in queries @ self.entity_emb.T:
+                top = top_indices(row, self.depth)
+                out.append((top, row[top]))
+            return out
+        idx, cos = self.ann.search(queries, self.depth)
+        return [(i[i >= 0], c[i >= 0]) for i, c in zip(idx, cos)]
 
     def dense_rankings(self, mentions: Sequence[Mention]) -> list[np.ndarray]:
         """Entity indices by cosine to each mention in context, best first."""
         queries = self.encoder.encode([mention_text(m) for m in mentions])
+        if self.ann is not None:
+            return [idx for idx, _ in self.dense_top(queries)]
         return [top_indices(row, self.depth) for row in queries @ self.entity_emb.T]
 
     def retrieve(self, mentions: Sequence[Mention], k: int = 100, batch_size: int = 256) -> list[list[Candidate]]:
@@ -71,6 +129,55 @@ class CandidateRetriever:
                 out.append(self._fuse([lexical, dense], k))
             bar.update(len(batch))
         bar.close()
+        return out
+
+    def retrieve_detailed(self, mentions: Sequence[Mention], k: int = 20, batch_size: int = 256):
+        """The fused top-k per mention with each side's raw signals (`features.CandidateInfo`:
+        BM25 score and rank, dense cosine and rank, fused rank), for learned fusion. With an
+        ANN index the dense ranks come from it, and the cosine of a candidate it did not
+        return (found by BM25 alone) is computed exactly from the entity's row, as below."""
+        from .features import CandidateInfo
+
+        if self.ann is not None:
+            return self._retrieve_detailed_large(mentions, k, batch_size)
+        out = []
+        for start in range(0, len(mentions), batch_size):
+            batch = mentions[start : start + batch_size]
+            bm = self.bm25.scores([words(m.mention) for m in batch])
+            queries = self.encoder.encode([mention_text(m) for m in batch])
+            dense = queries @ self.entity_emb.T
+            for b_row, d_row in zip(bm, dense):
+                lexical = top_indices(b_row, self.depth, positive=True)
+                semantic = top_indices(d_row, self.depth)
+                b_rank = {int(i): r for r, i in enumerate(lexical, 1)}
+                d_rank = {int(i): r for r, i in enumerate(semantic, 1)}
+                fused = reciprocal_rank_fusion([[int(i) for i in lexical], [int(i) for i in semantic]], self.rrf_k)[:k]
+                out.append([CandidateInfo(self.ids[i], bm25=float(b_row[i]) if i in b_rank else None,
+                                          bm25_rank=b_rank.get(i), dense=float(d_row[i]), dense_rank=d_rank.get(i),
+                                          fused_rank=r) for r, (i, _) in enumerate(fused)])
+        return out
+
+    def _retrieve_detailed_large(self, mentions: Sequence[Mention], k: int, batch_size: int):
+        """`retrieve_detailed` from the sparse BM25 top and the ANN index: no `[mentions,
+        entities]` matrix."""
+        from .features import CandidateInfo
+
+        out = []
+        for start in range(0, len(mentions), batch_size):
+            batch = mentions[start : start + batch_size]
+            lexicals = self.bm25.top([words(m.mention) for m in batch], self.depth)
+            queries = self.encoder.encode([mention_text(m) for m in batch])
+            for q, (lexical, b_scores), (semantic, _) in zip(queries, lexicals, self.dense_top(queries)):
+                b_rank = {int(i): r for r, i in enumerate(lexical, 1)}
+                b_score = {int(i): float(s) for i, s in zip(lexical, b_scores)}
+                d_rank = {int(i): r for r, i in enumerate(semantic, 1)}
+                fused = reciprocal_rank_fusion([[int(i) for i in lexical], [int(i) for i in semantic]], self.rrf_k)[:k]
+                rows = np.array([i for i, _ in fused], dtype=np.int64)
+                cosines = self.entity_emb[np.sort(rows)] @ q if len(rows) else np.zeros(0, dtype=np.float32)
+                cosine = dict(zip(np.sort(rows).tolist(), cosines.tolist()))
+                out.append([CandidateInfo(self.ids[i], bm25=b_score.get(i), bm25_rank=b_rank.get(i),
+                                          dense=float(cosine[i]), dense_rank=d_rank.get(i), fused_rank=r)
+                            for r, (i, _) in enumerate(fused)])
         return out
 
     def _fuse(self, rankings: Sequence[np.ndarray], k: int) -> list[Candidate]:
@@ -95,3 +202,49 @@ def recall_at(candidates: Sequence[Sequence[Candidate]], mentions: Sequence[Ment
     if not pairs:
         return {k: 0.0 for k in ks}
     return {k: float(np.mean([gold in {c.entity_id for c in cands[:k]} for cands, gold in pairs])) for k in ks}
+
+
+# ------------------------------------------------------------------------ name candidates
+def exact_name_candidates(kb: KnowledgeBase, mention: str) -> list[Candidate]:
+    """Entities whose name or alias equals the mention, ignoring case; score 1.0."""
+    return [Candidate(eid, kb.get(eid).name, 1.0) for eid in kb.lookup(mention)]
+
+
+def name_bm25(kb: KnowledgeBase) -> BM25Index:
+    """BM25 over each entity's name and aliases (rows in KB order). For a KB folder the index
+    is kept in its cache (`bm25-names-*.npz`) and read back memory-mapped."""
+    path = None
+    if kb.folder is not None:
+        path = kb.cache_dir() / f"bm25-names-{kb.fingerprint}-{_alias_digest(kb)}.npz"
+        if path.exists():
+            return BM25Index.load(path)
+    index = BM25Index([words(" ".join((e.name, *e.aliases))) or ["_"] for e in kb])
+    if path is not None:
+        try:
+            index.save(path)
+        except (OSError, ValueError):
+            pass  # an unwritable cache (or a hash collision) only costs a rebuild next time
+    return index
+
+
+def _alias_digest(kb: KnowledgeBase) -> str:
+    """The aliases are in the BM25 documents but not in the KB's fingerprint (ids + names)."""
+    return text_digest(["\x1f".join(e.aliases) for e in kb])[:8]
+
+
+class BM25NameIndex:
+    """BM25 over each entity's name and aliases: a mention's words against the KB's names."""
+
+    def __init__(self, kb: KnowledgeBase, exact_below: int | None = None) -> None:
+        self.kb = kb
+        self.ids = [e.id for e in kb]
+        self.bm25 = name_bm25(kb)
+        self.sparse_top = len(kb) >= (exact_below if exact_below is not None else ann_threshold())
+
+    def candidates(self, mention: str, k: int = 10) -> list[Candidate]:
+        if self.sparse_top:
+            idx, scores = self.bm25.top([words(mention)], k)[0]
+            return [Candidate(self.ids[i], self.kb.get(self.ids[i]).name, float(s)) for i, s in zip(idx, scores)]
+        scores = self.bm25.scores([words(mention)])[0]
+        return [Candidate(self.ids[i], self.kb.get(self.ids[i]).name, float(scores[i]))
+                for i in top_indices(scores, k, positive=True)]

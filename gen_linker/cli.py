@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Iterable
 
 from . import datasets
-from .backends import BACKENDS
 from .errors import GenLinkerError, RecordError
+from .linker_flags import add_linker_flags, spec_from_args
+from .loader import COMPILE_FROM, vllm_compile  # noqa: F401  (re-exported: the CLI's documented defaults)
 from .schema import Mention
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "data" / "wikimel_sample"
-# From this many mentions, compiling the vLLM model on a CPU (~60 s) pays for itself
-# (eval/results/backends.md: 2.32 -> 3.32 mentions/s).
-COMPILE_FROM = 500
+# Modules that add subcommands of their own: each has `add_commands(subparsers)` (e.g. the HTTP
+# service's `serve`), so that the CLI stays one parser without holding their code.
+EXTENSIONS: tuple[str, ...] = ("gen_linker.server.cli",)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,11 +50,29 @@ def build_parser() -> argparse.ArgumentParser:
     _dataset_args(c, "--input")
     c.add_argument("--mentions-out", type=Path, required=True, help="mentions JSONL to write")
     c.add_argument("--entities-out", type=Path, help="entities JSONL to write (the dataset's KB)")
+    c.add_argument("--sample", type=int, help="write a seeded random sample of this many mentions "
+                                              "(random.Random(seed).sample, as compare's suites draw theirs)")
+    c.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     c.set_defaults(func=cmd_convert)
+
+    sp = sub.add_parser("disjoint-split", help="write an entity-disjoint split (new entities only in test and "
+                                               "the few-shot pool) of a dataset with train/dev/test splits")
+    sp.add_argument("--input", type=Path, required=True, help="a dataset with splits (e.g. ../shared/data/wikimel)")
+    sp.add_argument("--format", default="auto", choices=("auto", *datasets.FORMATS))
+    sp.add_argument("--output", type=Path, required=True, help="folder for train/dev/test_new/pool/shots-K JSONL")
+    sp.add_argument("--new-share", type=float, default=0.2, help="share of gold entities made new (default 0.2)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--shots", default="16,64,256", help="few-shot example files to write (default 16,64,256)")
+    sp.set_defaults(func=cmd_disjoint_split)
 
     b = sub.add_parser("build-kb", help="build a KB folder (entities + caches) from an entities JSONL")
     b.add_argument("entities", type=Path)
     b.add_argument("folder", type=Path)
+    b.add_argument("--prepare", action="store_true",
+                   help="also build, once, every cache the linker of the linker flags needs (BM25 matrix, name trie, "
+                        "entity embeddings: resumable, and an ANN index from 100k entities) into FOLDER/cache, so "
+                        "that workers (--engine ray, servers) only memory-map them")
+    add_linker_flags(b)
     b.set_defaults(func=cmd_build_kb)
 
     t = sub.add_parser("train", help="train an image-mapper adapter from a recipe (LLM and vision encoder frozen)")
@@ -61,27 +80,67 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
-    td = sub.add_parser("train-dim", help="train the DIM discriminative linker (N-pair loss, frozen encoders)")
+    td = sub.add_parser("train-dim", aliases=["train-discriminative"],
+                        help="train a discriminative linker, DIM or DWE (--arch; N-pair loss, frozen encoders)")
+    td.add_argument("--arch", choices=("dim", "dwe"), default="dim",
+                    help="dim (DIM, arXiv 2407.12019) or dwe (DWE, arXiv 2312.11816); default dim")
     td.add_argument("--kb", type=Path, required=True, help="entities JSONL file or KB folder")
     td.add_argument("--train", type=Path, required=True, help="training mentions with gold ids (any supported format)")
     td.add_argument("--train-split", choices=("train", "dev", "test"), help="split of --train (e.g. train)")
     td.add_argument("--dev", type=Path, help="dev mentions: Top-1 each epoch, the best epoch kept")
     td.add_argument("--dev-split", choices=("train", "dev", "test"), help="split of --dev")
-    td.add_argument("--output", type=Path, required=True, help="folder for the trained DIM (and its checkpoints)")
+    td.add_argument("--output", type=Path, required=True, help="folder for the trained model (and its checkpoints)")
     td.add_argument("--epochs", type=int, default=5)
-    td.add_argument("--lr", type=float, default=1e-3)
-    td.add_argument("--batch-size", type=int, default=64, help="mentions per step (each a negative for the others)")
+    td.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    td.add_argument("--batch-size", type=int, help="mentions per step, each a negative for the others "
+                                                   "(default: dim 64, dwe 128)")
     td.add_argument("--hard-negatives", type=int, default=8, help="retrieved non-gold candidates per mention")
     td.add_argument("--vision", default="none", help="vision encoder: none, random:SEED or a CLIP folder")
     td.add_argument("--image-root", type=Path, help="folder that image paths in the mentions are relative to")
-    td.add_argument("--captions", type=Path, help="captions JSONL for the expert features ({id|image, caption, answer?})")
+    td.add_argument("--captions", type=Path, help="dim: captions JSONL for the expert features "
+                                                  "({id|image, caption, answer?})")
+    td.add_argument("--regions", type=Path, help="dwe: regions JSONL ({image, boxes: [[x0, y0, x1, y1], ...]}, "
+                                                 "pixels) for the image crops; images without an entry get --grid")
+    td.add_argument("--grid", type=int, default=2, help="dwe: crops of an image without regions: a GRID x GRID "
+                                                        "grid (default 2; 0: the whole image only)")
     td.add_argument("--descriptions", type=Path, help="entity descriptions JSONL ({id, description}) used "
-                                                     "instead of the KB's (e.g. from gen-linker describe)")
-    td.add_argument("--encoder", help="DIM's text encoder: a sentence-transformers folder (default: packaged "
-                                      "all-MiniLM-L6-v2) or clip:FOLDER for a CLIP model's text tower")
+                                                     "instead of the KB's (e.g. from gen-linker describe); "
+                                                     "none: names only")
+    td.add_argument("--encoder", help="text encoder: a sentence-transformers folder, e.g. a bi-encoder from "
+                                      "gen-linker train-reranker --kind biencoder (default: packaged "
+                                      "all-MiniLM-L6-v2), or clip:FOLDER for a CLIP model's text tower")
     td.add_argument("--seed", type=int, default=0)
     td.add_argument("--no-progress", action="store_true", help="no progress bar")
     td.set_defaults(func=cmd_train_dim)
+
+    tr = sub.add_parser("train-reranker", help="train a cross-encoder or bi-encoder (sentence-transformers, LoRA on "
+                                               "the packaged MiniLM) with hard negatives from retrieval")
+    tr.add_argument("--kind", choices=("crossencoder", "biencoder"), required=True)
+    tr.add_argument("--kb", type=Path, required=True, help="entities JSONL file or KB folder")
+    tr.add_argument("--train", type=Path, required=True, help="training mentions with gold ids (any supported format)")
+    tr.add_argument("--train-split", choices=("train", "dev", "test"), help="split of --train")
+    tr.add_argument("--output", type=Path, required=True, help="folder for the trained reranker")
+    tr.add_argument("--mentions", type=int, help="train on a seeded sample of this many mentions (default: all)")
+    tr.add_argument("--epochs", type=int, default=1)
+    tr.add_argument("--lr", type=float, help="learning rate (default: 4e-5 cross-encoder, 5e-5 bi-encoder)")
+    tr.add_argument("--batch-size", type=int, help="mentions per step (default: 4 cross-encoder, 32 bi-encoder)")
+    tr.add_argument("--negatives", type=int, help="hard negatives per mention (default: 7 cross-encoder, 1 bi-encoder)")
+    tr.add_argument("--candidates", type=int, default=30, help="retrieval depth negatives come from (default 30)")
+    tr.add_argument("--full", action="store_true", help="train every weight (a ~90 MB folder) instead of LoRA")
+    tr.add_argument("--encoder", help="sentence encoder of the retriever that finds the negatives (default: packaged)")
+    tr.add_argument("--descriptions", type=Path, help="entity descriptions JSONL instead of the KB's; none: names only")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.set_defaults(func=cmd_train_reranker)
+
+    tf = sub.add_parser("train-fusion", help="fit the fused linker's fusion model on dev mentions (never test)")
+    tf.add_argument("--kb", type=Path, required=True, help="entities JSONL file or KB folder")
+    _dataset_args(tf, "--dev", help="dev mentions with gold ids (any supported format)")
+    tf.add_argument("--output", type=Path, required=True, help="folder for the fusion model")
+    tf.add_argument("--kind", choices=("mlp", "linear"), default="mlp", help="scorer (default mlp)")
+    tf.add_argument("--dev-mentions", type=int, help="fit on a seeded sample of this many dev mentions")
+    add_linker_flags(tf)
+    tf.set_defaults(func=cmd_train_fusion)
 
     ds = sub.add_parser("describe", help="write entity descriptions with an LLM (any OpenAI-compatible endpoint, "
                                          "or a local vLLM server started with --serve)")
@@ -122,9 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument("--kb", type=Path, required=True, help="entities JSONL file or KB folder")
     _dataset_args(ln, "--input")
     ln.add_argument("--output", type=Path, required=True, help="output JSONL (one record per input record)")
-    _linker_args(ln)
+    add_linker_flags(ln)
     ln.add_argument("--resume", action="store_true", help="continue a killed run into the same --output")
     ln.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    ln.add_argument("--detect", action="store_true",
+                    help="the input is raw text ({id, text} per line): find the mentions with the KB's names and "
+                         "aliases (longest match) and link each")
+    ln.add_argument("--engine", default="local", choices=("local", "ray"),
+                    help="local (this process, default) or ray (a pool of Ray actors, on this machine or a cluster)")
+    ln.add_argument("--address", help="--engine ray: the cluster to join (auto, or HOST:PORT; default: start one here)")
+    ln.add_argument("--workers", type=int, help="--engine ray: linker actors (default: one per CPU / GPU)")
     ln.set_defaults(func=cmd_link)
 
     e = sub.add_parser("eval", help="score link output against gold: Top-1/5/10, MRR, NIL, errors "
@@ -135,14 +201,27 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(default: the dataset's own KB)")
     e.add_argument("--output", type=Path, help="without --predictions: keep the link output here")
     e.add_argument("--json", action="store_true", help="print the scores as JSON")
-    _linker_args(e)
+    add_linker_flags(e)
     e.set_defaults(func=cmd_eval)
+
+    cm = sub.add_parser("compare", help="run a comparison suite (several linkers, same mentions, one table)")
+    cm.add_argument("--suite", type=Path, required=True, help="suite YAML (e.g. eval/suites/wikimel_generative.yaml)")
+    cm.add_argument("--sample", type=int, help="link only this many mentions of the suite's seeded sample "
+                                               "(results as SUITE-N, apart from the full run's)")
+    cm.add_argument("--runs", help="comma-separated run names to do (default: all)")
+    cm.add_argument("--out", type=Path, help="folder for the table (default: the suite's, eval/results)")
+    cm.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cm.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", help="link the bundled WikiMEL sample with the packaged models")
     d.add_argument("--limit", type=int, default=100, help="mentions to link (default 100; 0: all 300)")
     d.add_argument("--output", type=Path, help="also write the link output here")
-    _linker_args(d)
+    add_linker_flags(d)
     d.set_defaults(func=cmd_demo)
+    import importlib
+
+    for module in EXTENSIONS:
+        importlib.import_module(module).add_commands(sub)
     return p
 
 
@@ -153,62 +232,15 @@ def _dataset_args(p: argparse.ArgumentParser, flag: str, help: str = "mentions: 
     p.add_argument("--split", choices=("train", "dev", "test"), help="split of a dataset with splits")
 
 
-def _linker_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("linker")
-    g.add_argument("--linker", default="generative", choices=("generative", "dim", "pipeline", "exact", "bm25"),
-                   help="generative (default), dim (discriminative), pipeline (generative, DIM as fallback), "
-                        "or the exact / bm25 name baselines")
-    g.add_argument("--dim", type=Path, help="--linker dim/pipeline: a trained DIM folder (gen-linker train-dim)")
-    g.add_argument("--margin", type=float, default=0.0,
-                   help="--linker pipeline: DIM also decides when the best generated name beats the next by "
-                        "less than this many nats (choose it on dev: linkers.pipeline.tune_margin, as eval/bench_discriminative.py does; default 0: only "
-                        "unusable or ambiguous generations fall back)")
-    g.add_argument("--candidates", type=int, default=100, help="--linker dim: retrieved candidates ranked (default 100)")
-    g.add_argument("--captions", type=Path, help="captions JSONL for DIM's expert features")
-    g.add_argument("--fuse-retrieval", action="store_true",
-                   help="dim/pipeline: final order = reciprocal-rank fusion of DIM's and the retriever's")
-    g.add_argument("--descriptions", type=Path, help="entity descriptions JSONL ({id, description}) instead of the KB's")
-    g.add_argument("--llm", help="causal LM folder or hub id (default: packaged SmolLM2-135M-Instruct)")
-    g.add_argument("--backend", default="hf", choices=BACKENDS,
-                   help="generation backend: hf (transformers, default) or vllm (batched, high throughput)")
-    g.add_argument("--search", default="beam", choices=("beam", "greedy"),
-                   help="beam (top-k names, default) or greedy (one name per mention; fastest on vllm)")
-    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
-                   help="LLM weights: auto = bfloat16 where the CPU has AMX/AVX512-BF16 (fast; scores "
-                        "vary ~1e-3 with batch padding), else float32 (bit-stable)")
-    g.add_argument("--demos", type=Path, help="training mentions with gold ids, for in-context demonstrations")
-    g.add_argument("--demos-format", default="auto", choices=("auto", *datasets.FORMATS))
-    g.add_argument("--demos-split", choices=("train", "dev", "test"), help="split of --demos (e.g. train)")
-    g.add_argument("--num-demos", type=int, default=16, help="demonstrations per prompt (default 16)")
-    g.add_argument("--demo-retriever", default="simcse", choices=("simcse", "bm25", "random"),
-                   help="how demonstrations are chosen (default simcse)")
-    g.add_argument("--encoder", help="sentence-transformers model for simcse (default: packaged all-MiniLM-L6-v2)")
-    g.add_argument("--beams", type=int, default=5, help="beam size (default 5)")
-    g.add_argument("--top-k", type=int, help="candidates per mention (default: --beams)")
-    g.add_argument("--batch-size", type=int, help="prompts per backend call (default: hf 8, vllm 64)")
-    g.add_argument("--vllm-compile", default="auto", choices=("auto", "on", "off"),
-                   help="vllm on CPU: torch.compile the model (about a minute more to start, ~1.4x faster); "
-                        f"auto: on from {COMPILE_FROM} mentions (always on on a GPU)")
-    g.add_argument("--kv-cache-gb", type=float, help="vllm on CPU: KV cache size in GiB (default 2)")
-    g.add_argument("--prompt", default="gemel", help="prompt template name or YAML path (default gemel; "
-                                                     "gemel_candidates with --candidates-in-prompt)")
-    g.add_argument("--candidates-in-prompt", type=int, default=0, metavar="C",
-                   help="put the top-C retrieved candidates (BM25 + dense) with their descriptions (the KB's, "
-                        "or --descriptions) in the generative prompt (default 0: none; the design's C is 10)")
-    g.add_argument("--trie-scope", default="kb", choices=("kb", "candidates"),
-                   help="with --candidates-in-prompt: the trie over the whole KB (default) or only the prompt's "
-                        "candidates")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random demo retriever")
-    g.add_argument("--adapter", type=Path, help="a trained adapter folder: image soft prefixes (default LLM: its base)")
-    g.add_argument("--image-root", type=Path, help="folder that image paths in the mentions are relative to")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 # ---------------------------------------------------------------------------- commands
 def cmd_convert(args) -> int:
     from .kb import write_entities
 
     ds = datasets.load(args.input, args.format, args.split)
+    if args.sample and args.sample < len(ds.valid):
+        import random
+
+        ds.mentions = random.Random(args.seed).sample(ds.valid, args.sample)
     n = _write_records(ds.mentions, args.mentions_out)
     msg = f"wrote {n} mentions ({len(ds.errors)} error records) to {args.mentions_out}"
     if args.entities_out:
@@ -234,13 +266,37 @@ def _write_records(records: Iterable[Mention | RecordError], path: Path) -> int:
     return n
 
 
+def cmd_disjoint_split(args) -> int:
+    from .datasets.disjoint import entity_disjoint, write_split
+    from .kb import write_entities
+
+    parts = {s: datasets.load(args.input, args.format, s) for s in ("train", "dev", "test")}
+    split = entity_disjoint(parts["train"].valid, parts["dev"].valid, parts["test"].valid, args.new_share, args.seed)
+    counts = write_split(split, args.output, [int(k) for k in args.shots.split(",") if k.strip()])
+    if parts["test"].kb is not None:
+        write_entities(parts["test"].kb, args.output / "kb.jsonl")
+    print(f"{args.output}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
 def cmd_build_kb(args) -> int:
     from .kb import KnowledgeBase
 
-    kb = KnowledgeBase.from_jsonl(args.entities)
-    kb.save(args.folder)
+    progress = not args.no_progress
+    kb = KnowledgeBase.from_jsonl(args.entities, progress=progress)
+    kb.save(args.folder, progress=progress)
     print(f"KB folder {args.folder}: {len(kb)} entities, {len(kb.names())} distinct names"
           + (f"; {len(kb.load_errors)} unreadable line(s) skipped" if kb.load_errors else ""))
+    if args.prepare:
+        t0 = time.perf_counter()
+        linker = make_linker(args, kb, 1)
+        name = kb.names()[0]   # one mention links through every part: lazily built caches too
+        linker.link([Mention(id="prepare", text=name, mention=name, start=0, end=len(name))])
+        cache = kb.cache_dir()
+        files = sorted(cache.glob("*")) if cache.is_dir() else []
+        size = sum(f.stat().st_size for f in files if f.is_file())
+        print(f"prepared {cache} for linker {linker.name} in {time.perf_counter() - t0:.0f}s: "
+              f"{len(files)} file(s), {size / 2**20:.1f} MiB")
     return 0
 
 
@@ -248,8 +304,18 @@ def cmd_link(args) -> int:
     from .batch import link_to_file
     from .kb import KnowledgeBase
 
+    if args.engine == "ray":
+        from .engines.ray_engine import link_with_ray
+
+        return link_with_ray(args)
     kb = KnowledgeBase.open(args.kb)
-    records, total = _input_records(args)
+    if args.detect:
+        # raw text records ({id, text}), not mention records: read here, not by _input_records
+        from .detect import detected_mentions, read_texts
+
+        records, total = detected_mentions(read_texts(args.input), kb), None
+    else:
+        records, total = _input_records(args)
     linker = make_linker(args, kb, total)
     t0 = time.perf_counter()
     summary = link_to_file(linker, records, args.output, chunk_size=_chunk_size(linker),
@@ -283,96 +349,80 @@ def _input_records(args) -> tuple[Iterable[Mention | RecordError], int | None]:
     return ds.mentions, len(ds.mentions)
 
 
-def vllm_compile(choice: str, n_mentions: int | None) -> bool | None:
-    """`--vllm-compile` as the backend's `compile`: None leaves it to the backend (eager on a
-    CPU, compiled on a GPU); auto compiles from COMPILE_FROM mentions."""
-    if choice == "auto":
-        return True if (n_mentions or 0) >= COMPILE_FROM else None
-    return choice == "on"
+def make_linker(args, kb, n_mentions: int | None = None, base=None, use_base: bool = False):
+    """The linker the flags (and `--linker-config`) describe, built by the library's front door;
+    `--save-linker` also writes it as a saved linker folder. `n_mentions`: how many it will link.
+    `use_base`: `base` is the finished spec (the caller applied the flags)."""
+    from .loader import load_linker, save_linker
+
+    spec = base if use_base else spec_from_args(args, base)
+    if getattr(args, "save_linker", None):
+        folder = save_linker(spec, args.save_linker)
+        print(f"saved linker folder {folder} (load it with --linker-config {folder})", file=sys.stderr)
+    return load_linker(kb, spec, n_mentions=n_mentions, progress=not args.no_progress)
 
 
-def make_linker(args, kb, n_mentions: int | None = None):
-    """The linker the flags ask for (`n_mentions`: how many it will link, when known)."""
-    from .linkers.baselines import BM25NameLinker, ExactNameLinker
+def cmd_train_reranker(args) -> int:
+    from .annotations import descriptions_for
+    from .candidates import CandidateRetriever
+    from .kb import KnowledgeBase
+    from .rerankers import RerankerConfig, train_reranker
 
-    if args.linker == "exact":
-        return ExactNameLinker(kb)
-    if args.linker == "bm25":
-        return BM25NameLinker(kb, top_k=args.top_k or 10)
-    from .annotations import read_descriptions
-
-    descriptions = read_descriptions(args.descriptions) if args.descriptions else None
-    if args.linker == "dim":
-        return _dim_linker(args, kb, descriptions)
-    if args.linker == "pipeline":
-        from .linkers.pipeline import PipelineLinker
-
-        dim = _dim_linker(args, kb, descriptions)   # its candidate retriever also serves the prompt's candidates
-        return PipelineLinker(kb, _generative_linker(args, kb, n_mentions, descriptions, dim.retriever), dim,
-                              margin=args.margin, top_k=args.top_k or 10)
-    return _generative_linker(args, kb, n_mentions, descriptions)
-
-
-def _generative_linker(args, kb, n_mentions: int | None, descriptions=None, candidates=None):
-    from .backends import load_backend
-    from .linkers.generative import GenerativeConfig, GenerativeLinker
-
-    demos: list[Mention] = []
-    if args.demos:
-        demo_ds = datasets.load(args.demos, args.demos_format, args.demos_split)
-        demos = demo_ds.valid
-        unknown = sum(1 for m in demos if m.gold is not None and m.gold not in kb)
-        if unknown:
-            print(f"warning: {unknown} demonstration(s) in {args.demos} have a gold id that is not in "
-                  "the KB and are not used", file=sys.stderr)
-    prompt = args.prompt
-    if args.candidates_in_prompt > 0 and prompt == "gemel":
-        prompt = "gemel_candidates"
-    if args.trie_scope == "candidates" and args.candidates_in_prompt <= 0:
-        raise GenLinkerError("--trie-scope candidates needs --candidates-in-prompt C (e.g. 10)")
-    config = GenerativeConfig(num_demos=args.num_demos if demos else 0, retriever=args.demo_retriever,
-                              search=args.search, num_beams=args.beams, top_k=args.top_k, prompt=prompt,
-                              batch_size=args.batch_size, seed=args.seed,
-                              candidates_in_prompt=args.candidates_in_prompt, trie_scope=args.trie_scope)
-    options = {"dtype": args.dtype}
-    if args.backend == "vllm":
-        options.update(compile=vllm_compile(args.vllm_compile, n_mentions), kv_cache_gb=args.kv_cache_gb)
-    images, llm = None, args.llm
-    if args.adapter:
-        from .adapters import load_adapter, lora_folder
-
-        images, card = load_adapter(args.adapter, args.image_root, kb.cache_dir())
-        llm = _adapter_llm(args.llm, card, args.adapter)
-        if lora_folder(args.adapter, card):
-            options["lora"] = lora_folder(args.adapter, card)
-    return GenerativeLinker.from_pretrained(kb, backend=load_backend(args.backend, llm, **options), demos=demos,
-                                            config=config, encoder=args.encoder, images=images,
-                                            descriptions=descriptions, candidates=candidates)
+    kb = KnowledgeBase.open(args.kb)
+    train = datasets.load(args.train, "auto", args.train_split).valid
+    cross = args.kind == "crossencoder"
+    config = RerankerConfig(kind=args.kind, mentions=args.mentions, epochs=args.epochs, candidates=args.candidates,
+                            lr=args.lr or (4e-5 if cross else 5e-5), batch_size=args.batch_size or (4 if cross else 32),
+                            negatives=args.negatives or (7 if cross else 1), full=args.full, seed=args.seed)
+    descriptions = descriptions_for(args.descriptions, kb)
+    retriever = CandidateRetriever(kb, args.encoder, descriptions, show_progress=not args.no_progress)
+    report = train_reranker(kb, train, args.output, retriever, config, descriptions, progress=not args.no_progress)
+    loss = f"{report.train_loss:.3f}" if report.train_loss is not None else "-"
+    print(f"{args.kind} {args.output}: {report.examples} mentions, loss {loss}, "
+          f"{report.train_s:.0f} s, peak {report.peak_rss_gb:.1f} GB")
+    return 0
 
 
-def _dim_linker(args, kb, descriptions=None):
-    from .annotations import read_captions
-    from .linkers.dim import DIMLinker
+def cmd_train_fusion(args) -> int:
+    import random
 
-    if not args.dim:
-        raise GenLinkerError("--linker dim needs --dim FOLDER (a DIM trained with gen-linker train-dim)")
-    return DIMLinker.from_pretrained(args.dim, kb, image_root=args.image_root,
-                                     captions=read_captions(args.captions) if args.captions else None,
-                                     descriptions=descriptions, num_candidates=args.candidates, top_k=args.top_k or 10,
-                                     fuse_retrieval=args.fuse_retrieval)
+    from .fusion import FusionConfig
+    from .kb import KnowledgeBase
+    from .linkers.fused import train_fusion
 
-
-def _adapter_llm(asked: str | None, card: dict, folder: Path) -> str:
-    """The adapter's base LLM, or the one asked for if it is the same model."""
-    from .models import resolve_llm
-
-    base = card.get("base_llm")
-    if asked and base and resolve_llm(asked) != resolve_llm(base):
-        raise GenLinkerError(f"adapter {folder} was trained on {base}, not {asked}: drop --llm or train for it")
-    return asked or base
+    kb = KnowledgeBase.open(args.kb)
+    dev = datasets.load(args.input, args.format, args.split).valid
+    if args.dev_mentions and args.dev_mentions < len(dev):
+        dev = random.Random(0).sample(dev, args.dev_mentions)
+    spec = spec_from_args(args)
+    model, report = train_fusion(spec, kb, dev, args.output, FusionConfig(kind=args.kind),
+                                 progress=not args.no_progress)
+    print(f"fusion {args.output}: {report.dev_mentions} dev mentions, rerankers "
+          f"{', '.join(model.card['rerankers']) or 'none'}; held-out Top-1 {report.held_out_top1:.3f}, "
+          f"temperature {report.temperature:.2f}")
+    return 0
 
 
 def cmd_train(args) -> int:
+    from .recipes import recipe_task
+
+    task = recipe_task(args.recipe)
+    if task == "choose":
+        from .recipes import train_choose_recipe
+
+        folder, card = train_choose_recipe(args.recipe, progress=not args.no_progress)
+        r = card["report"]
+        print(f"adapter {folder}: {r['examples']} examples, {r['steps']} steps, {r['train_s']:.0f} s, "
+              f"dev Top-1 {r['dev_top1']}")
+        return 0
+    if task == "linker":
+        from .recipes import train_linker_recipe
+
+        folder, card = train_linker_recipe(args.recipe, progress=not args.no_progress)
+        total = sum(s["wall_s"] for s in card["steps"].values())
+        print(f"linker {folder}: trained in {total / 60:.1f} min ({', '.join(card['steps'])}); load it with "
+              f"--linker-config {folder}")
+        return 0
     from .adapters import load_recipe, train_adapter
 
     recipe = load_recipe(args.recipe)
@@ -436,32 +486,40 @@ def cmd_describe(args) -> int:
 
 
 def cmd_train_dim(args) -> int:
-    from .adapters import vision_encoder
-    from .annotations import read_captions, read_descriptions
-    from .dim_training import DIMTrainConfig, train_dim
+    from .annotations import descriptions_for, read_captions
+    from .discriminative_training import DiscriminativeTrainConfig, train_discriminative
     from .kb import KnowledgeBase
-    from .linkers.dim import DIMFeaturizer
+    from .linkers.discriminative_features import DiscriminativeFeaturizer
+    from .vision import load_vision_encoder, read_regions
 
+    started = time.perf_counter()
     kb = KnowledgeBase.open(args.kb)
     train = datasets.load(args.train, "auto", args.train_split).valid
     dev = datasets.load(args.dev, "auto", args.dev_split).valid if args.dev else []
-    vision = None if args.vision == "none" else vision_encoder(args.vision)
-    descriptions = read_descriptions(args.descriptions) if args.descriptions else None
-    featurizer = DIMFeaturizer(args.encoder, vision, args.image_root,
-                               read_captions(args.captions) if args.captions else None, kb.cache_dir())
-    config = DIMTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                            hard_negatives=args.hard_negatives, seed=args.seed)
-    model, report = train_dim(kb, train, dev, featurizer, config, args.output / "training", descriptions,
-                              progress=not args.no_progress)
+    vision = None if args.vision == "none" else load_vision_encoder(args.vision)
+    descriptions = descriptions_for(args.descriptions, kb)
+    regions = read_regions(args.regions) if args.regions and vision is not None else None
+    featurizer = DiscriminativeFeaturizer(args.encoder, vision, args.image_root,
+                                          read_captions(args.captions) if args.captions else None, kb.cache_dir(),
+                                          regions=regions, grid=args.grid)
+    config = DiscriminativeTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                       hard_negatives=args.hard_negatives, seed=args.seed, arch=args.arch).resolved()
+    model, report = train_discriminative(kb, train, dev, featurizer, config, args.output / "training", descriptions,
+                                         progress=not args.no_progress)
     card = {"text_encoder": args.encoder, "vision": None if args.vision == "none" else args.vision,
             "kb": str(args.kb), "train": str(args.train), "dev": str(args.dev) if args.dev else None,
             "descriptions": str(args.descriptions) if args.descriptions else None,
-            "captions": str(args.captions) if args.captions else None, "training": vars(config),
+            "captions": str(args.captions) if args.captions else None,
+            "regions": str(args.regions) if args.regions else None,
+            "crops": {"grid": args.grid, "max": featurizer.max_crops}, "training": vars(config),
             "epoch_loss": report.epoch_loss, "dev_top1": report.dev_top1, "best_epoch": report.best_epoch,
+            # wall time of this invocation (features, retrieval, epochs; a resumed run counts only its part)
+            "train_seconds": round(time.perf_counter() - started, 1),
             "created": time.strftime("%Y-%m-%d %H:%M")}
     model.save(args.output, card)
     best = f", best dev Top-1 {max(report.dev_top1):.3f} (epoch {report.best_epoch + 1})" if report.dev_top1 else ""
-    print(f"DIM {args.output}: loss {' -> '.join(f'{x:.3f}' for x in report.epoch_loss)}{best}")
+    print(f"{args.arch.upper()} {args.output}: loss {' -> '.join(f'{x:.3f}' for x in report.epoch_loss)}{best}, "
+          f"{card['train_seconds']:.0f} s")
     return 0
 
 
@@ -499,6 +557,19 @@ def _link_for_eval(args, ds) -> Path:
     return output
 
 
+def cmd_compare(args) -> int:
+    from .compare import compare
+
+    only = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
+    command = (f"gen-linker compare --suite {args.suite}" + (f" --sample {args.sample}" if args.sample else "")
+               + (f" --runs {args.runs}" if args.runs else ""))
+    md = compare(args.suite, sample=args.sample, only=only, out=args.out, progress=not args.no_progress,
+                 command=command)
+    print(md.read_text().split("\n## Paired")[0])
+    print(f"table: {md} (and {md.with_suffix('.json')})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Link the bundled sample (300 WikiMEL test mentions, 2,000 train mentions as the
     demonstration pool, and the entities they name) and print accuracy and a few examples."""
@@ -510,11 +581,13 @@ def cmd_demo(args) -> int:
     test = datasets.load(SAMPLE_DIR / "test.jsonl").valid
     if args.limit:
         test = test[: args.limit]
-    args.demos, args.demos_format, args.demos_split = SAMPLE_DIR / "train.jsonl", "jsonl", None
+    spec = spec_from_args(args)
+    if getattr(args, "spec__generative__demos", None) is None:      # the bundled train mentions
+        spec = spec.merged({"generative.demos": str(SAMPLE_DIR / "train.jsonl"), "generative.demos_format": "jsonl"})
     print(f"gen-linker demo: {len(test)} WikiMEL test mentions, KB of {len(kb)} entities, "
-          f"{args.num_demos} {args.demo_retriever} demonstrations from 2,000 train mentions, "
-          f"linker {args.linker}", flush=True)
-    linker = make_linker(args, kb, len(test))
+          f"{spec.generative.num_demos if spec.linker == 'generative' else 'the'} demonstrations from 2,000 train "
+          f"mentions, linker {spec.linker}", flush=True)
+    linker = make_linker(args, kb, len(test), base=spec, use_base=True)
     output = args.output or Path(os.environ.get("TMPDIR", "/tmp")) / f"gen-linker-demo-{os.getpid()}.jsonl"
     t0 = time.perf_counter()
     link_to_file(linker, test, output, chunk_size=_chunk_size(linker), overwrite=True, total=len(test),

@@ -2,7 +2,9 @@
 
 SimCSE-style retrieval needs the same call everywhere: `encode(texts)` gives L2-normalised
 float32 rows, so a dot product is a cosine. Pools of demonstrations or entity texts are
-encoded once per (model, texts) and kept as `.npy` files.
+encoded once per (model, texts) and kept as `.npy` files: written resumably in chunks for
+large lists (a million entities), and memory-mapped on request so that the processes of one
+machine share them.
 """
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ from .models import resolve_sentence_encoder
 from .paths import cache_root
 
 _LOADED: dict[str, object] = {}
+# From this many texts `encode_cached` writes its cache chunk by chunk, resumable; below, one
+# `encode` call as always (the same rows bit for bit as before).
+RESUMABLE_FROM = 50_000
+RESUMABLE_CHUNK = 20_000
 
 
 def _load(path: str):
@@ -24,7 +30,10 @@ def _load(path: str):
     if path not in _LOADED:
         from sentence_transformers import SentenceTransformer
 
-        _LOADED[path] = SentenceTransformer(path, device="cpu")
+        from .rerankers import is_reranker_folder, load_biencoder
+
+        # a bi-encoder trained by gen-linker train-reranker (LoRA on its base, or a full model)
+        _LOADED[path] = load_biencoder(path) if is_reranker_folder(path) else SentenceTransformer(path, device="cpu")
     return _LOADED[path]
 
 
@@ -38,12 +47,24 @@ class TextEncoder:
         raise NotImplementedError
 
     def encode_cached(self, texts: Sequence[str], cache_dir: str | Path | None = None,
-                      batch_size: int = 128, show_progress: bool = False) -> np.ndarray:
-        """`encode`, read from / written to `cache_dir` (default: the user cache)."""
+                      batch_size: int = 128, show_progress: bool = False, mmap_mode: bool = False) -> np.ndarray:
+        """`encode`, read from / written to `cache_dir` (default: the user cache).
+
+        From `RESUMABLE_FROM` texts (a KB of a million entities: hours on a CPU) the rows are
+        written chunk by chunk into the cache file itself, with the count done beside it: a
+        killed run goes on from its last chunk. `mmap_mode`: return the cached rows memory-
+        mapped read-only (the processes of a machine then share one copy), not read in."""
         folder = Path(cache_dir) if cache_dir is not None else cache_root() / "embeddings"
         path = folder / f"emb-{text_digest(texts, self.path)}.npy"
         if path.exists():
-            return np.load(path, allow_pickle=False)
+            return np.load(path, mmap_mode="r" if mmap_mode else None, allow_pickle=False)
+        if len(texts) >= RESUMABLE_FROM:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                self._encode_into(texts, path, batch_size, show_progress)
+                return np.load(path, mmap_mode="r" if mmap_mode else None, allow_pickle=False)
+            except OSError:
+                pass  # an unwritable cache: encode in memory, as below
         emb = self.encode(texts, batch_size=batch_size, show_progress=show_progress)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -51,8 +72,48 @@ class TextEncoder:
             np.save(tmp, emb)
             os.replace(tmp, path)
         except OSError:
-            pass  # an unwritable cache only costs re-encoding next time
-        return emb
+            return emb  # an unwritable cache only costs re-encoding next time
+        return np.load(path, mmap_mode="r", allow_pickle=False) if mmap_mode else emb
+
+    def _encode_into(self, texts: Sequence[str], path: Path, batch_size: int, show_progress: bool) -> None:
+        """Encode `texts` into `path` in chunks of `RESUMABLE_CHUNK`, resumable: the rows go
+        into `<path>.partial.npy` (a memory-mapped .npy) and the count done into
+        `<path>.partial.json` after each chunk is flushed. One process at a time (a lock
+        file): a second one waiting for it then finds the finished file."""
+        import fcntl
+        import json
+
+        from tqdm.auto import tqdm
+
+        partial = path.with_name(path.stem + ".partial.npy")
+        state = path.with_name(path.stem + ".partial.json")
+        with open(path.with_name(path.stem + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.exists():
+                return
+            done = 0
+            if partial.exists() and state.exists():
+                info = json.loads(state.read_text())
+                if info.get("rows") == len(texts) and info.get("dim") == self.dim:
+                    done = int(info["done"])
+            if done:
+                rows = np.lib.format.open_memmap(partial, mode="r+")
+            else:
+                rows = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(texts), self.dim))
+            bar = tqdm(total=len(texts), initial=done, desc="embeddings", unit="text", disable=not show_progress,
+                       dynamic_ncols=True, mininterval=1.0)
+            for lo in range(done, len(texts), RESUMABLE_CHUNK):
+                hi = min(lo + RESUMABLE_CHUNK, len(texts))
+                rows[lo:hi] = self.encode(texts[lo:hi], batch_size=batch_size)
+                rows.flush()
+                tmp = state.with_name(state.name + ".tmp")
+                tmp.write_text(json.dumps({"rows": len(texts), "dim": self.dim, "done": hi}))
+                os.replace(tmp, state)
+                bar.update(hi - lo)
+            bar.close()
+            del rows
+            os.replace(partial, path)
+            state.unlink(missing_ok=True)
 
 
 class SentenceEncoder(TextEncoder):

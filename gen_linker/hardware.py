@@ -92,10 +92,12 @@ def cpu_info() -> CPUInfo:
                    isa_cap=cap)
 
 
-def default_dtype(device: str = "cpu") -> str:
+def default_dtype(device: str = "cpu", backend: str = "hf") -> str:
     """The dtype `auto` means: `$GEN_LINKER_DTYPE` when set; bfloat16 on a GPU; on a CPU,
-    bfloat16 only where AMX runs it (measured: faster than float32 at the same Top-1; with
-    AVX512-BF16 alone or without either, float32 was the faster one, see eval/results/dtype.md)."""
+    bfloat16 only where it was measured both faster than float32 and not less accurate
+    (eval/results/dtype.md, the Top-1 difference's 95% interval holding 0): with AMX on both
+    backends (hf 1.84x, vLLM 4.7x); with AVX512-BF16 alone on vLLM only (1.18x; hf is 0.76x
+    there); never without bf16 instructions (hf 0.21x, and vLLM's CPU build aborts)."""
     forced = os.environ.get(DTYPE_ENV, "").strip().lower()
     if forced and forced != "auto":
         if forced not in DTYPES:
@@ -105,13 +107,16 @@ def default_dtype(device: str = "cpu") -> str:
         return forced
     if device != "cpu":
         return "bfloat16"
-    return "bfloat16" if cpu_info().amx else "float32"
+    kind = cpu_info().bf16_kind
+    if kind == "amx" or (kind == "avx512_bf16" and backend == "vllm"):
+        return "bfloat16"
+    return "float32"
 
 
-def resolve_dtype(dtype: str | None, device: str = "cpu") -> str:
+def resolve_dtype(dtype: str | None, device: str = "cpu", backend: str = "hf") -> str:
     """An explicit dtype as given; `auto` (or None) as `default_dtype` decides."""
     if dtype in (None, "auto"):
-        return default_dtype(device)
+        return default_dtype(device, backend)
     if dtype not in DTYPES and dtype != "float16":
         from .errors import GenLinkerError
 
@@ -137,4 +142,4 @@ def machine_line() -> str:
     except ImportError:
         tv = ""
     return (f"{cpu_info().line()}, {os.cpu_count()} cores{mem}{tv}, {platform.system()} {platform.machine()}, "
-            f"dtype auto = {default_dtype()}")
+            f"dtype auto = {default_dtype()} (hf), {default_dtype(backend='vllm')} (vllm)")

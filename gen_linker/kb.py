@@ -5,7 +5,10 @@ bearing a name, and for the list of distinct names (which the trie is built over
 not be unique: a generated name maps to every entity that bears it.
 
 On disk a KB is a folder: `entities.jsonl` (one entity per line), `kb.json` (counts and a
-fingerprint), and `cache/` where tries and embeddings built for it are kept.
+fingerprint), and `cache/` where the arrays built for it are kept (name tries per tokenizer,
+the BM25 matrix, entity embeddings, an ANN index at scale). Those arrays are memory-mapped
+when read, so the linker processes of one machine share one copy of them; the entities
+themselves are Python objects in each process.
 """
 from __future__ import annotations
 
@@ -55,14 +58,23 @@ class KnowledgeBase:
         return cls(entities, source=source)
 
     @classmethod
-    def from_jsonl(cls, path: str | Path) -> "KnowledgeBase":
-        """Read an entities JSONL file. Unreadable lines are skipped, kept in `load_errors`
-        and warned about once, so one bad line does not cost the whole KB."""
+    def from_jsonl(cls, path: str | Path, progress: bool = False) -> "KnowledgeBase":
+        """Read an entities JSONL file, streamed line by line (`progress`: a bar over its
+        lines, for files of millions of entities). Unreadable lines are skipped, kept in
+        `load_errors` and warned about once, so one bad line does not cost the whole KB."""
         path = Path(path)
         if not path.exists():
             raise KnowledgeBaseError(f"knowledge base file {path} does not exist")
         errors: list[RecordError] = []
-        entities = list(_read_entities(path, errors))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=count_lines(path), desc=f"reading {path.name}", unit="line", dynamic_ncols=True,
+                       mininterval=1.0)
+        entities = list(_read_entities(path, errors, bar))
+        if bar is not None:
+            bar.close()
         if not entities and errors:
             raise KnowledgeBaseError(
                 f"knowledge base {path} has no readable entity: first problem: {errors[0]}")
@@ -85,12 +97,18 @@ class KnowledgeBase:
             return kb
         return cls.from_jsonl(path)
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, progress: bool = False) -> Path:
         """Write the KB as a folder; the folder then also holds the caches built for it."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / "entities.jsonl.tmp"
-        write_entities(self._entities, tmp)
+        entities: Iterable[Entity] = self._entities
+        if progress:
+            from tqdm.auto import tqdm
+
+            entities = tqdm(self._entities, desc="writing entities", unit="entity", dynamic_ncols=True,
+                            mininterval=1.0)
+        write_entities(entities, tmp)
         os.replace(tmp, folder / "entities.jsonl")
         meta = {"entities": len(self), "names": len(self.names()), "fingerprint": self.fingerprint}
         (folder / "kb.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -143,15 +161,22 @@ class KnowledgeBase:
         return self._fingerprint
 
     def cache_dir(self) -> Path:
-        """Where caches for this KB go: inside its folder when writable, else the user cache."""
-        if self.folder is not None and os.access(self.folder, os.W_OK):
-            return self.folder / "cache"
+        """Where caches for this KB go: inside its folder when writable, else the user cache.
+        A read-only folder whose `cache/` was built beforehand (`gen-linker build-kb
+        --prepare`, e.g. on a cluster's shared disk) is read from there: its arrays are
+        memory-mapped by every worker of a machine, one copy."""
+        if self.folder is not None:
+            cache = self.folder / "cache"
+            if os.access(self.folder, os.W_OK) or cache.is_dir():
+                return cache
         return cache_root() / "kb" / self.fingerprint
 
 
-def _read_entities(path: Path, errors: list[RecordError]) -> Iterator[Entity]:
+def _read_entities(path: Path, errors: list[RecordError], bar=None) -> Iterator[Entity]:
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
+            if bar is not None:
+                bar.update(1)
             if not line.strip():
                 continue
             try:
@@ -164,6 +189,16 @@ def _read_entities(path: Path, errors: list[RecordError]) -> Iterator[Entity]:
                 yield Entity.from_dict(data)
             except ValueError as exc:  # json.JSONDecodeError is a ValueError
                 errors.append(RecordError(f"bad entity: {exc}", source=str(path), line=lineno))
+
+
+def count_lines(path: str | Path) -> int:
+    """Lines of a file, counted in 1 MB blocks (a second for a million entities)."""
+    n, last = 0, b"\n"
+    with Path(path).open("rb") as f:
+        while block := f.read(1 << 20):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")
 
 
 def write_entities(entities: Iterable[Entity], path: str | Path) -> int:

@@ -64,7 +64,10 @@ def add_lora(model: torch.nn.Module, spec: LoraSpec) -> dict[str, torch.nn.Param
         peft.inject_adapter_in_model(spec.peft_config(), model)
     except ValueError as e:   # e.g. no module matches the targets
         raise GenLinkerError(f"LoRA could not be added to the LLM: {e}") from e
-    return lora_parameters(model)
+    params = lora_parameters(model)
+    for p in params.values():   # float32 even on a bf16 model: AdamW steps on bf16 weights round away
+        p.data = p.data.float()
+    return params
 
 
 def lora_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

@@ -86,6 +86,8 @@ class LinkResult:
     linker: str = "generative"
     fallback: str | None = None
     image_error: str | None = None   # why the mention's image could not be used (linked without it)
+    confidence: float | None = None  # probability in [0, 1] that the answer is right (calibrated by
+                                     # the fused linker; a softmax over the candidates' scores elsewhere)
 
     def to_dict(self) -> dict[str, Any]:
         """The output record of `gen-linker link` (the mention id is written as `id`)."""
@@ -97,6 +99,8 @@ class LinkResult:
             "candidates": [c.to_dict() for c in self.candidates],
             "linker": self.linker,
         }
+        if self.confidence is not None:
+            d["confidence"] = self.confidence
         if self.fallback is not None:
             d["fallback"] = self.fallback
         if self.image_error is not None:
@@ -114,4 +118,5 @@ class LinkResult:
             linker=data.get("linker", "generative"),
             fallback=data.get("fallback"),
             image_error=data.get("image_error"),
+            confidence=data.get("confidence"),
         )

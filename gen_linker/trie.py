@@ -3,7 +3,8 @@
 Like GENRE's `trie.py` it is model-agnostic (it only sees token ids) and can be handed to
 generation as one callable; unlike it, it holds no nested dicts: nodes are numbered in
 depth-first order and each node's children are a sorted slice of two int32 arrays (CSR), so a
-million names cost tens of MB, not GBs, and the file cached on disk is a plain `.npz`.
+million names cost tens of MB, not GBs, and the file cached on disk is a plain `.npz` that
+`load` memory-maps (the processes of one machine share one copy).
 
 A decoding *state* is a node id. `allowed(state)` and `step(state, token)` cost one array
 slice and one binary search, so a beam pays O(1) per step instead of a walk from the root.
@@ -13,11 +14,12 @@ is a leaf whose value is the name's index in the list the trie was built from.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
+
+from .arrayfiles import load_arrays, save_arrays
 
 ROOT = 0
 DEAD = -1
@@ -181,20 +183,18 @@ class Trie:
 
     # --------------------------------------------------------------------------- storage
     def save(self, path: str | Path) -> None:
-        """Write a plain `.npz` (no pickle), atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-        np.savez(tmp, child_start=self.child_start, child_token=self.child_token,
-                 child_node=self.child_node, leaf_node=self.leaf_node, leaf_value=self.leaf_value,
-                 end_token=np.array(self.end_token))
-        os.replace(tmp, path)
+        """Write a plain uncompressed `.npz` (no pickle), atomically: `load` can map it."""
+        save_arrays(path, {"child_start": self.child_start, "child_token": self.child_token,
+                           "child_node": self.child_node, "leaf_node": self.leaf_node,
+                           "leaf_value": self.leaf_value, "end_token": np.array(self.end_token)})
 
     @classmethod
-    def load(cls, path: str | Path) -> "Trie":
-        with np.load(path, allow_pickle=False) as z:
-            return cls(z["child_start"], z["child_token"], z["child_node"], z["leaf_node"],
-                       z["leaf_value"], int(z["end_token"]))
+    def load(cls, path: str | Path, mmap_mode: bool = True) -> "Trie":
+        """A saved trie; memory-mapped by default, so that the processes of one machine that
+        load the same KB's trie share its pages (a million names: tens of MB, once)."""
+        z = load_arrays(path, mmap_mode=mmap_mode)
+        return cls(z["child_start"], z["child_token"], z["child_node"], z["leaf_node"],
+                   z["leaf_value"], int(z["end_token"]))
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

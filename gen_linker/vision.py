@@ -10,6 +10,13 @@ No real CLIP ships on the package registries: `VisionEncoder(folder_or_id)` load
 and `VisionEncoder.from_config(config)` builds a randomly initialised frozen one (tests, and the
 synthetic benchmark: frozen random features still carry an image's content). Preprocessing is
 transformers' PIL + numpy CLIP processor: no torchvision, which has no CPU build there.
+
+Image crops (DWE's visual enhancer attends over regions of the image): `encode_crops` gives
+each image's crop features, the boxes from a regions side file (`read_regions`: JSONL
+`{"image": ref, "boxes": [[x0, y0, x1, y1], ...]}` in pixels, from any detector the user
+runs) where the image has an entry, else a `grid` x `grid` grid of equal cells (no detector
+ships on the package registries). Crop features are cached like whole-image features, by the
+image's content hash and the boxes.
 """
 from __future__ import annotations
 
@@ -17,21 +24,25 @@ import base64
 import binascii
 import hashlib
 import io
+import json
 import os
 import re
+import sys
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from .errors import ImageError
+from .errors import GenLinkerError, ImageError, RecordError
 
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 _BASE64 = re.compile(r"^[A-Za-z0-9+/\s]+={0,2}\s*$")
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+Box = tuple[float, float, float, float]     # x0, y0, x1, y1 in pixels
+MAX_CROPS = 8     # crops per image the encoder sees (DWE's person crops have no cap; memory does)
 
 
 def image_bytes(ref: str, root: str | Path | None = None) -> bytes:
@@ -166,9 +177,130 @@ class VisionEncoder:
         return feats, errors
 
 
+    def encode_crops(self, refs: Sequence[str], root: str | Path | None = None, cache_dir: str | Path | None = None,
+                     regions: Mapping[str, Sequence[Box]] | None = None, grid: int = 2,
+                     max_crops: int = MAX_CROPS) -> tuple[list[np.ndarray | None], list[ImageError | None]]:
+        """`[k, feature_dim]` features of each image's crops: its boxes in `regions` (keyed by
+        the reference as the mentions give it), else a `grid` x `grid` grid; at most `max_crops`
+        per image (the first ones). `k` is 0 for an image whose regions entry has no box (or
+        `grid` 0 without one). A bad image gives None and its ImageError, as in `encode_refs`."""
+        regions = regions or {}
+        feats: list[np.ndarray | None] = [None] * len(refs)
+        errors: list[ImageError | None] = [None] * len(refs)
+        cache = Path(cache_dir) / f"image-crops-{self.fingerprint}" if cache_dir else None
+        todo: dict[str, tuple[list, list[int]]] = {}
+        for i, ref in enumerate(refs):
+            try:
+                data = image_bytes(ref, root)
+                boxes = regions.get(ref)
+                setting = json.dumps([list(b) for b in boxes] if boxes is not None else f"grid{grid}")
+                key = hashlib.sha256(data + setting.encode() + str(max_crops).encode()).hexdigest()[:32]
+                if cache is not None and (cache / f"{key}.npy").exists():
+                    feats[i] = np.load(cache / f"{key}.npy")
+                elif key in todo:
+                    todo[key][1].append(i)
+                else:
+                    image = decode_image(data, ref)
+                    if boxes is None:
+                        boxes = grid_boxes(image.width, image.height, grid)
+                    todo[key] = (crop_image(image, boxes)[:max_crops], [i])
+            except ImageError as e:
+                errors[i] = e
+        if todo:
+            keys = list(todo)
+            flat = [crop for k in keys for crop in todo[k][0]]
+            encoded = self.encode(flat) if flat else np.zeros((0, self.feature_dim), dtype=np.float32)
+            if cache is not None:
+                cache.mkdir(parents=True, exist_ok=True)
+            start = 0
+            for key in keys:
+                n = len(todo[key][0])
+                vecs = encoded[start : start + n]
+                start += n
+                for i in todo[key][1]:
+                    feats[i] = vecs
+                if cache is not None:   # whole or not at all, as in encode_refs
+                    tmp = cache / f"{key}.tmp{os.getpid()}.npy"
+                    np.save(tmp, vecs)
+                    os.replace(tmp, cache / f"{key}.npy")
+        return feats, errors
+
+
+# ---------------------------------------------------------------------------- crops
+def grid_boxes(width: int, height: int, grid: int) -> list[Box]:
+    """The cells of a `grid` x `grid` grid over a `width` x `height` image, row by row."""
+    if grid <= 0:
+        return []
+    xs = [round(width * k / grid) for k in range(grid + 1)]
+    ys = [round(height * k / grid) for k in range(grid + 1)]
+    return [(xs[c], ys[r], xs[c + 1], ys[r + 1]) for r in range(grid) for c in range(grid)]
+
+
+def crop_image(image, boxes: Sequence[Box]) -> list:
+    """The image's crops, each box clamped to the image; boxes left empty by the clamp are
+    dropped (a detector's box may reach past the border)."""
+    out = []
+    for x0, y0, x1, y1 in boxes:
+        x0, x1 = max(0, min(image.width, x0)), max(0, min(image.width, x1))
+        y0, y1 = max(0, min(image.height, y0)), max(0, min(image.height, y1))
+        if x1 - x0 >= 1 and y1 - y0 >= 1:
+            out.append(image.crop((int(x0), int(y0), int(round(x1)), int(round(y1)))))
+    return out
+
+
+def read_regions(path: str | Path) -> dict[str, list[Box]]:
+    """A regions side file: JSONL `{"image": ref, "boxes": [[x0, y0, x1, y1], ...]}` (pixels,
+    x0 < x1 and y0 < y1) -> image reference -> boxes. Bad lines are reported on stderr and
+    skipped (their images get the grid), as with the other side files."""
+    path = Path(path)
+    if not path.exists():
+        raise GenLinkerError(f"regions file {path} does not exist")
+    out: dict[str, list[Box]] = {}
+    errors: list[RecordError] = []
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+                out[_region_image(data)] = [_box(b) for b in data["boxes"]]
+            except (ValueError, KeyError, TypeError) as exc:
+                errors.append(RecordError(f"needs {{\"image\": ref, \"boxes\": [[x0, y0, x1, y1], ...]}} with "
+                                          f"x0 < x1, y0 < y1 ({exc})", source=str(path), line=lineno))
+    if errors:
+        print(f"warning: {len(errors)} unusable line(s) in {path}, first: {errors[0]}", file=sys.stderr)
+    return out
+
+
+def _region_image(data) -> str:
+    ref = data.get("image") if isinstance(data, dict) else None
+    if not isinstance(ref, str) or not ref:
+        raise ValueError("no image reference")
+    if not isinstance(data.get("boxes"), list):
+        raise ValueError("boxes is not a list")
+    return ref
+
+
+def _box(b) -> Box:
+    if not isinstance(b, (list, tuple)) or len(b) != 4 or not all(isinstance(x, (int, float)) and
+                                                                     not isinstance(x, bool) for x in b):
+        raise ValueError(f"box {b!r} is not four numbers")
+    x0, y0, x1, y1 = (float(x) for x in b)
+    if not (x0 < x1 and y0 < y1):
+        raise ValueError(f"box {b!r} is empty")
+    return (x0, y0, x1, y1)
+
+
 def _processor_for(image_size: int):
     from transformers import CLIPImageProcessorPil
 
     return CLIPImageProcessorPil(size={"shortest_edge": image_size},
                                  crop_size={"height": image_size, "width": image_size},
                                  image_mean=_CLIP_MEAN, image_std=_CLIP_STD)
+
+
+def load_vision_encoder(spec: str) -> VisionEncoder:
+    """`random:SEED` (a frozen, randomly initialised small CLIP) or a CLIP model folder / id."""
+    if spec.startswith("random:"):
+        return VisionEncoder.from_config(seed=int(spec.split(":", 1)[1]))
+    return VisionEncoder(spec)

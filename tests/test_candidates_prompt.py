@@ -8,7 +8,7 @@ from gen_linker.errors import PromptTemplateError
 from gen_linker.kb import KnowledgeBase
 from gen_linker.linkers.generative import GenerativeConfig, GenerativeLinker, image_refs
 from gen_linker.prompting import PromptTemplate
-from gen_linker.retrieval import demonstration_pool, make_retriever
+from gen_linker.demonstrations import demonstration_pool, make_retriever
 from gen_linker.schema import Entity, Mention
 
 pytestmark = pytest.mark.real_models    # candidate retrieval uses the packaged MiniLM

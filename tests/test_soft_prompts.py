@@ -9,7 +9,7 @@ from gen_linker.kb import KnowledgeBase
 from gen_linker.linkers.generative import GenerativeConfig, GenerativeLinker
 from gen_linker.mapper import LinearMapper
 from gen_linker.prompting import PromptTemplate
-from gen_linker.retrieval import demonstration_pool, make_retriever
+from gen_linker.demonstrations import demonstration_pool, make_retriever
 from gen_linker.schema import Entity, Mention
 from gen_linker.soft_prompts import ImagePrefixer, block_token_starts
 from gen_linker.vision import VisionEncoder

@@ -13,7 +13,7 @@ from gen_linker import datasets  # noqa: E402
 from gen_linker.kb import KnowledgeBase  # noqa: E402
 from gen_linker.linkers.generative import GenerativeConfig, GenerativeLinker  # noqa: E402
 from gen_linker.mapper import LinearMapper  # noqa: E402
-from gen_linker.retrieval import demonstration_pool, make_retriever  # noqa: E402
+from gen_linker.demonstrations import demonstration_pool, make_retriever  # noqa: E402
 from gen_linker.soft_prompts import ImagePrefixer  # noqa: E402
 from gen_linker.training import TrainConfig, train_mapper  # noqa: E402
 from gen_linker.vision import VisionEncoder  # noqa: E402
@@ -148,7 +148,7 @@ def test_lora_adapter_trains_saves_as_peft_and_links_the_same_on_hf_and_vllm(tin
     # The same beams on hf and on vLLM (vLLM's LoRA support), prompts with image prefixes.
     from gen_linker.kb import KnowledgeBase
     from gen_linker.linkers.generative import GenerativeConfig, GenerativeLinker
-    from gen_linker.retrieval import demonstration_pool, make_retriever
+    from gen_linker.demonstrations import demonstration_pool, make_retriever
     from gen_linker import datasets
 
     kb = KnowledgeBase.from_jsonl(bench / "entities.jsonl")

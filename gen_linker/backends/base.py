@@ -6,25 +6,16 @@ trie-constrained beam search that returns the top-k distinct names with their sc
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol, Sequence, Union
 
 import torch
 
+from ..beam import Hypothesis
 from ..trie import Tries
 
 Prompt = Union[Sequence[int], torch.Tensor]
 
 
-@dataclass(frozen=True)
-class Hypothesis:
-    """A finished beam: the name's index in the trie's build list, its tokens (with the end
-    token) and its score, the summed log-probability of those tokens (not length-normalised:
-    every name ends with the same end token, and an unnormalised sum makes the early stop exact)."""
-
-    value: int
-    tokens: tuple[int, ...]
-    score: float
 
 
 class Backend(Protocol):

@@ -111,7 +111,7 @@ class VLLMBackend:
         in_process = on_cpu if in_process is None else in_process
         _prepare_environment(in_process)
         vllm = _import_vllm()
-        self.dtype = resolve_dtype(dtype, "cpu" if on_cpu else "cuda")
+        self.dtype = resolve_dtype(dtype, "cpu" if on_cpu else "cuda", backend="vllm")
         if on_cpu and self.dtype == "bfloat16":
             request_amx()
         self.in_process = in_process

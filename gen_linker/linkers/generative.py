@@ -11,18 +11,17 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from ..backends import Backend, Hypothesis, Prompt, end_token_for, load_backend
-from ..datasets.spans import locate
-from ..errors import RecordError
 from ..kb import KnowledgeBase
 from ..prompting import DEFAULT_PROMPT, Demonstration, PromptTemplate
-from ..retrieval import DemoRetriever, demonstration_pool, make_retriever
+from ..demonstrations import DemoRetriever, demonstration_pool, make_retriever
 from ..schema import Candidate, LinkResult, Mention
 from ..soft_prompts import ImagePrefixer, block_token_starts, splice_images
 from ..trie import Trie, Tries, name_trie, per_prompt
+from .base import LinkerBase
 
 
 SEARCHES = ("beam", "greedy")
-TRIE_SCOPES = ("kb", "candidates")
+TRIE_SCOPES = ("kb", "candidates", "candidates-then-kb")
 
 
 def image_refs(mention: Mention, demos: Sequence[Demonstration], candidates: Sequence = ()) -> list[str | None]:
@@ -48,12 +47,14 @@ class GenerativeConfig:
     seed: int = 0
     candidates_in_prompt: int = 0     # c > 0: the top-c retrieved candidates + descriptions in the prompt
     trie_scope: str = "kb"            # kb | candidates (the trie holds only the prompt's candidates)
+                                      # | candidates-then-kb (the KB's trie where the best candidate is unsure)
+    retry_below: float = -3.0         # candidates-then-kb: retry over the KB below this score (nats)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-class GenerativeLinker:
+class GenerativeLinker(LinkerBase):
     name = "generative"
 
     def __init__(self, kb: KnowledgeBase, backend: Backend, retriever: DemoRetriever,
@@ -67,8 +68,8 @@ class GenerativeLinker:
             raise ValueError(f"unknown search {self.config.search!r}: use one of {', '.join(SEARCHES)}")
         if self.config.trie_scope not in TRIE_SCOPES:
             raise ValueError(f"unknown trie scope {self.config.trie_scope!r}: use one of {', '.join(TRIE_SCOPES)}")
-        if self.config.trie_scope == "candidates" and self.config.candidates_in_prompt <= 0:
-            raise ValueError("trie_scope 'candidates' needs candidates_in_prompt > 0")
+        if self.config.trie_scope != "kb" and self.config.candidates_in_prompt <= 0:
+            raise ValueError(f"trie_scope {self.config.trie_scope!r} needs candidates_in_prompt > 0")
         self.descriptions = descriptions or {}
         self._candidates = candidates
         self.template = PromptTemplate.load(self.config.prompt)
@@ -92,6 +93,31 @@ class GenerativeLinker:
         retriever = make_retriever(kind, pool, encoder=encoder, seed=config.seed, show_progress=show_progress)
         engine = load_backend(backend, llm) if isinstance(backend, str) else backend
         return cls(kb, engine, retriever, config, images=images, candidates=candidates, descriptions=descriptions)
+
+    @classmethod
+    def from_spec(cls, spec, parts) -> "GenerativeLinker":
+        """The generative linker of a `LinkerSpec` (`gen_linker.load_linker`), with the shared
+        parts of the load: backend, sentence encoder, demonstrations, candidate retriever."""
+        g = spec.generative
+        prompt = "gemel_candidates" if g.candidates_in_prompt > 0 and g.prompt == DEFAULT_PROMPT else g.prompt
+        pool = demonstration_pool(parts.demos, parts.kb)
+        config = GenerativeConfig(num_demos=g.num_demos if parts.demos else 0, retriever=g.demo_retriever,
+                                  search=g.search, num_beams=g.beams, top_k=spec.top_k, prompt=prompt,
+                                  batch_size=g.batch_size, seed=g.seed, candidates_in_prompt=g.candidates_in_prompt,
+                                  trie_scope=g.trie_scope, retry_below=g.retry_below)
+        kind = config.retriever if pool and config.num_demos > 0 else "none"
+        encoder = parts.similarity_encoder if kind == "simcse" else None
+        retriever = make_retriever(kind, pool, encoder=encoder, seed=config.seed, show_progress=parts.progress)
+        images = parts.adapter[0] if parts.adapter is not None else None
+        candidates = parts.retriever if g.candidates_in_prompt > 0 else None
+        return cls(parts.kb, parts.backend, retriever, config, images=images, candidates=candidates,
+                   descriptions=parts.descriptions)
+
+    def with_images(self, images: ImagePrefixer | None) -> "GenerativeLinker":
+        """The same linker (backend, demonstrations, config, candidates) with another image
+        prefixer: what mapper training and image benchmarks compare."""
+        return type(self)(self.kb, self.backend, self.retriever, self.config, images=images,
+                          candidates=self._candidates, descriptions=self.descriptions)
 
     @property
     def trie(self) -> Trie:
@@ -119,18 +145,24 @@ class GenerativeLinker:
             self._candidates = CandidateRetriever(self.kb, descriptions=self.descriptions)
         return self._candidates
 
-    def candidate_lists(self, mentions: Sequence[Mention]) -> list[list[tuple[str, str | None]]]:
-        """Per mention, the (name, description) of its top-c candidates, distinct names, best first."""
-        c = self.config.candidates_in_prompt
+    def description(self, entity_id: str) -> str | None:
+        """The description the prompt shows for an entity (the linker's, else the KB's)."""
+        return self.descriptions.get(entity_id, self.kb.get(entity_id).description)
+
+    def candidate_lists(self, mentions: Sequence[Mention], k: int | None = None) -> list[list[tuple[str, str | None]]]:
+        """Per mention, the (name, description) of its top-k (default `candidates_in_prompt`)
+        retrieved distinct names, best first (entities sharing a name share a line)."""
+        c = self.config.candidates_in_prompt if k is None else k
         if c <= 0:
             return [[] for _ in mentions]
         out = []
-        for cands in self.candidates.retrieve(mentions, c):
+        for cands in self.candidates.retrieve(mentions, 3 * c):
             seen: dict[str, str | None] = {}
             for cand in cands:
-                desc = self.descriptions.get(cand.entity_id, self.kb.get(cand.entity_id).description)
-                seen.setdefault(cand.name, desc)
-            out.append(list(seen.items()))
+                if len(seen) >= c and cand.name not in seen:
+                    break
+                seen.setdefault(cand.name, self.description(cand.entity_id))
+            out.append(list(seen.items())[:c])
         return out
 
     def _prompt(self, mention: Mention, demos: list[Demonstration], cands: Sequence = ()) -> Prompt:
@@ -164,21 +196,54 @@ class GenerativeLinker:
     # ----------------------------------------------------------------------------- linking
     def link(self, mentions: Sequence[Mention]) -> list[LinkResult]:
         """Link mentions, in order."""
-        if self.config.trie_scope == "candidates":
-            return self._link_within_candidates(mentions)
-        return self.results(mentions, self.decode(self.prompts(mentions)))
+        if self.config.trie_scope == "kb":
+            return self.results(mentions, self.decode(self.prompts(mentions)))
+        results = self._link_within_candidates(mentions)
+        if self.config.trie_scope == "candidates-then-kb":
+            results = self._retry_over_kb(mentions, results)
+        return results
 
-    def _link_within_candidates(self, mentions: Sequence[Mention]) -> list[LinkResult]:
+    def _link_within_candidates(self, mentions: Sequence[Mention],
+                                cand_lists: Sequence[Sequence[tuple[str, str | None]]] | None = None,
+                                exhaustive: bool = False) -> list[LinkResult]:
         """Each mention decoded under a trie of its own candidates' names; the mentions are
-        still decoded in batches (the backends take one trie per prompt)."""
+        still decoded in batches (the backends take one trie per prompt). `exhaustive`: the
+        beam is as wide as the list, so every candidate name comes back with its exact score."""
         demos = self.retriever.retrieve(mentions, self.config.num_demos)
-        cand_lists = self.candidate_lists(mentions)
+        cand_lists = self.candidate_lists(mentions) if cand_lists is None else cand_lists
         names = [[name for name, _ in cands] for cands in cand_lists]
         todo = [i for i, n in enumerate(names) if n]      # a mention without candidates gets no name
         tries = [name_trie(names[i], self.backend.tokenizer, self.end_token) for i in todo]
-        hyps = self.decode([self._prompt(mentions[i], demos[i], cand_lists[i]) for i in todo], tries)
+        width = max((len(names[i]) for i in todo), default=1) if exhaustive else None
+        hyps = self.decode([self._prompt(mentions[i], demos[i], cand_lists[i]) for i in todo], tries,
+                           num_beams=width, top_k=width)
         found = dict(zip(todo, hyps))
         return [self._result(m, found.get(i, []), names[i]) for i, m in enumerate(mentions)]
+
+    def choose(self, mentions: Sequence[Mention], k: int | None = None) -> list[LinkResult]:
+        """The LLM's choice among each mention's top-k retrieved candidates, every candidate
+        scored (its summed log-probability after the prompt that lists them)."""
+        return self._link_within_candidates(mentions, self.candidate_lists(mentions, k), exhaustive=True)
+
+    def score_candidates(self, mentions: Sequence[Mention],
+                         cand_lists: Sequence[Sequence[tuple[str, str | None]]]) -> list[dict[str, float]]:
+        """Per mention, name -> the LLM's log-probability of that name after the prompt listing
+        `cand_lists[i]` (every listed name scored exactly: one batched search, no sampling)."""
+        results = self._link_within_candidates(mentions, cand_lists, exhaustive=True)
+        return [{c.name: c.score for c in r.candidates} for r in results]
+
+    def _retry_over_kb(self, mentions: Sequence[Mention], results: list[LinkResult]) -> list[LinkResult]:
+        """Where the best candidate scores below `retry_below` (or none came out), decode again
+        under the whole KB's trie with the same prompt, and keep the more probable answer."""
+        low = [i for i, r in enumerate(results) if r.score is None or r.score < self.config.retry_below]
+        if not low:
+            return results
+        again = self.results([mentions[i] for i in low], self.decode(self.prompts([mentions[i] for i in low])))
+        out = list(results)
+        for i, r in zip(low, again):
+            if r.score is not None and (results[i].score is None or r.score > results[i].score):
+                out[i] = r
+        return out
 
     def results(self, mentions: Sequence[Mention], hyps: Sequence[list[Hypothesis]]) -> list[LinkResult]:
         """Decoded names as typed results: every entity of each name, best name first."""
@@ -188,10 +253,11 @@ class GenerativeLinker:
     def batch_size(self) -> int:
         return max(1, self.config.batch_size or getattr(self.backend, "default_batch_size", 8))
 
-    def decode(self, prompts: Sequence[Prompt], trie: Tries | None = None) -> list[list[Hypothesis]]:
+    def decode(self, prompts: Sequence[Prompt], trie: Tries | None = None, num_beams: int | None = None,
+               top_k: int | None = None) -> list[list[Hypothesis]]:
         """Trie-constrained search over prompts (the KB's trie unless another is given, or one
         per prompt), results in input order. Prompts are grouped by length into batches of
-        `batch_size` so that little is padding."""
+        `batch_size` so that little is padding. `num_beams` / `top_k` override the config's."""
         tries = per_prompt(trie if trie is not None else self.trie, len(prompts))
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: list[list[Hypothesis]] = [[] for _ in prompts]
@@ -202,8 +268,8 @@ class GenerativeLinker:
             if cfg.search == "greedy":
                 hyps = self.backend.constrained_greedy(batch, batch_tries, cfg.max_new_tokens)
             else:
-                hyps = self.backend.constrained_beam_search(batch, batch_tries, cfg.num_beams, cfg.top_k,
-                                                            cfg.max_new_tokens)
+                hyps = self.backend.constrained_beam_search(batch, batch_tries, num_beams or cfg.num_beams,
+                                                            top_k or cfg.top_k, cfg.max_new_tokens)
             for i, h in zip(chunk, hyps):
                 results[i] = h
         return results
@@ -217,8 +283,13 @@ class GenerativeLinker:
         if not cands:
             return LinkResult(mention.id, None, None, None, [], self.name, image_error=image_error)
         best = cands[0]
+        from .fused import softmax_confidence
+
+        # the best name's share of the returned names' probability (entities sharing it split it)
+        names = {c.name: c.score for c in cands}
+        share = softmax_confidence([best.score] + [s for n, s in names.items() if n != best.name])
         return LinkResult(mention.id, best.entity_id, best.name, best.score, cands, self.name,
-                          image_error=image_error)
+                          image_error=image_error, confidence=share / max(1, len(self.kb.ids_for_name(best.name))))
 
     def image_error(self, mention: Mention) -> str | None:
         """Why the mention's own image was not used, if it has one that could not be read."""
@@ -226,13 +297,3 @@ class GenerativeLinker:
             return None
         err = self.images.errors.get(str(mention.image))
         return None if err is None else str(err)
-
-    def process_text(self, text: str, mention: str, start: int | None = None,
-                     end: int | None = None, mention_id: str = "0") -> LinkResult:
-        """Link one mention of `text` (its offsets are found when not given)."""
-        if start is None or end is None:
-            span = locate(text, mention)
-            if span is None:
-                raise RecordError(f"mention {mention!r} is not found in the text {text[:80]!r}")
-            start, end = span
-        return self.link([Mention(mention_id, text, mention, start, end)])[0]

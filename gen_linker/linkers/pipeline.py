@@ -17,7 +17,8 @@ import numpy as np
 
 from ..kb import KnowledgeBase
 from ..schema import LinkResult, Mention
-from .dim import DIMLinker, fuse_rankings
+from .base import LinkerBase
+from .dim import DIMLinker, check_dim_folder, fuse_rankings
 
 NO_NAME, AMBIGUOUS, LOW_MARGIN = "no_valid_name", "ambiguous_name", "low_margin"
 
@@ -42,10 +43,24 @@ def fallback_reason(result: LinkResult, kb: KnowledgeBase, margin: float) -> str
     return None
 
 
-class PipelineLinker:
+class PipelineLinker(LinkerBase):
     """`generative` (any linker giving ranked named candidates) with `dim` as its fallback."""
 
     name = "pipeline"
+
+    @classmethod
+    def check_spec(cls, spec, source: str = "linker spec") -> None:
+        check_dim_folder(spec, source)
+
+    @classmethod
+    def from_spec(cls, spec, parts) -> "PipelineLinker":
+        """Generative and DIM of one spec; they share the candidate retriever (DIM's also fills
+        the prompt's candidates) and the sentence encoder."""
+        from .generative import GenerativeLinker
+
+        dim = DIMLinker.from_spec(spec, parts)
+        return cls(parts.kb, GenerativeLinker.from_spec(spec, parts), dim, margin=spec.pipeline.margin,
+                   top_k=spec.top_k or 10)
 
     def __init__(self, kb: KnowledgeBase, generative, dim: DIMLinker, margin: float = 0.0,
                  num_candidates: int | None = None, top_k: int = 10) -> None:

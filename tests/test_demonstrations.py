@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from gen_linker.datasets.jsonl import parse_mention
-from gen_linker.retrieval import (BM25NameIndex, BM25Retriever, RandomRetriever, SimCSERetriever,
-                                  demonstration_pool, exact_name_candidates)
+from gen_linker.candidates import BM25NameIndex, exact_name_candidates
+from gen_linker.demonstrations import BM25Retriever, RandomRetriever, SimCSERetriever, demonstration_pool
 from gen_linker.schema import Mention
 
 from conftest import TEST, TRAIN

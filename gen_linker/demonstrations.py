@@ -1,35 +1,25 @@
-"""Retrieval: in-context demonstrations for the generative prompt, and entity candidates.
+"""In-context demonstrations for the generative prompt: which training mentions to show.
 
 Demonstrations (GEMEL): the n training mentions whose sentences are most like the query's,
 by SimCSE-style dense similarity (sentence-transformers), BM25 (rank_bm25's Okapi scores as a
 sparse matrix, `bm25.py`), or at random (an ablation). They are returned least to most
 similar, so the closest example sits right before the query, and a pool example with the
 query's exact (text, mention) is never returned.
-
-Candidates (spaCy-style swappable candidate generators): `exact_name_candidates` and
-`BM25NameIndex` rank KB entities for a mention string; they are also the baselines.
 """
 from __future__ import annotations
 
 import random
-import re
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
-from .bm25 import BM25Index
+from .bm25 import BM25Index, words
 from .kb import KnowledgeBase
 from .prompting import Demonstration
-from .schema import Candidate, Mention
+from .schema import Mention
 
 RETRIEVERS = ("simcse", "bm25", "random", "none")
-_WORD = re.compile(r"\w+")
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens: what BM25 indexes."""
-    return _WORD.findall(text.lower())
 
 
 def demonstration_pool(mentions: Iterable[Mention], kb: KnowledgeBase) -> list[Demonstration]:
@@ -74,13 +64,14 @@ class SimCSERetriever(_RankedRetriever):
     """Dense sentence similarity (cosine) with a sentence-transformers model; the pool's
     embeddings are cached on disk, keyed by model and pool, so a second run encodes nothing."""
 
-    def __init__(self, pool: Sequence[Demonstration], model: str | None = None,
+    def __init__(self, pool: Sequence[Demonstration], model=None,
                  cache_dir: str | Path | None = None, batch_size: int = 128,
                  show_progress: bool = False) -> None:
+        """`model`: a `SentenceEncoder` (shared with candidate retrieval) or a model name/folder."""
         super().__init__(pool)
         from .encoders import SentenceEncoder
 
-        self.encoder = SentenceEncoder(model)
+        self.encoder = model if isinstance(model, SentenceEncoder) else SentenceEncoder(model)
         self.batch_size = batch_size
         texts = [d.text for d in self.pool]
         self.index = self.encoder.encode_cached(texts, cache_dir=cache_dir, batch_size=batch_size,
@@ -122,7 +113,7 @@ class NoDemos:
         return [[] for _ in queries]
 
 
-def make_retriever(kind: str, pool: Sequence[Demonstration], *, encoder: str | None = None,
+def make_retriever(kind: str, pool: Sequence[Demonstration], *, encoder=None,
                    seed: int = 0, show_progress: bool = False) -> DemoRetriever:
     if kind == "simcse":
         return SimCSERetriever(pool, encoder, show_progress=show_progress)
@@ -133,38 +124,3 @@ def make_retriever(kind: str, pool: Sequence[Demonstration], *, encoder: str | N
     if kind == "none":
         return NoDemos()
     raise ValueError(f"unknown demonstration retriever {kind!r}: use one of {', '.join(RETRIEVERS)}")
-
-
-# ------------------------------------------------------------------------------ candidates
-def exact_name_candidates(kb: KnowledgeBase, mention: str) -> list[Candidate]:
-    """Entities whose name or alias equals the mention, ignoring case; score 1.0."""
-    return [Candidate(eid, kb.get(eid).name, 1.0) for eid in kb.lookup(mention)]
-
-
-def name_bm25(kb: KnowledgeBase) -> BM25Index:
-    """BM25 over each entity's name and aliases (rows in KB order)."""
-    return BM25Index([words(" ".join((e.name, *e.aliases))) or ["_"] for e in kb])
-
-
-class BM25NameIndex:
-    """BM25 over each entity's name and aliases: a mention's words against the KB's names."""
-
-    def __init__(self, kb: KnowledgeBase) -> None:
-        self.kb = kb
-        self.ids = [e.id for e in kb]
-        self.bm25 = name_bm25(kb)
-
-    def candidates(self, mention: str, k: int = 10) -> list[Candidate]:
-        scores = self.bm25.scores([words(mention)])[0]
-        return [Candidate(self.ids[i], self.kb.get(self.ids[i]).name, float(scores[i]))
-                for i in top_indices(scores, k, positive=True)]
-
-
-def top_indices(scores: np.ndarray, k: int, positive: bool = False) -> np.ndarray:
-    """Indices of the k highest scores, best first (ties by index); only scores > 0 if `positive`."""
-    k = min(k, len(scores))
-    if k <= 0:
-        return np.zeros(0, dtype=int)
-    top = np.argpartition(-scores, k - 1)[:k]
-    top = top[np.lexsort((top, -scores[top]))]
-    return top[scores[top] > 0] if positive else top
