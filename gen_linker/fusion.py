@@ -43,7 +43,8 @@ class FusionExample:
 class FusionConfig:
     kind: str = "mlp"           # linear | mlp
     hidden: int = 32
-    epochs: int = 60
+    epochs: int = 300
+    patience: int = 15          # epochs without a better held-out likelihood before stopping
     lr: float = 0.01
     weight_decay: float = 1e-4
     held_out: float = 0.2       # share of the dev data kept for early stopping and calibration
@@ -191,7 +192,7 @@ def fit(examples: Sequence[FusionExample], feature_names: Sequence[str], config:
             best, best_state, patience = held_loss, {k: v.clone() for k, v in model.state_dict().items()}, 0
         else:
             patience += 1
-            if patience >= 8:
+            if patience >= config.patience:
                 break
     model.load_state_dict(best_state)
     calibrate(model, xh, mh, yh)

@@ -204,6 +204,7 @@ def count_lines(path: str | Path) -> int:
 def write_entities(entities: Iterable[Entity], path: str | Path) -> int:
     """Write entities as JSONL; returns how many."""
     n = 0
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with Path(path).open("w", encoding="utf-8") as f:
         for ent in entities:
             f.write(json.dumps(ent.to_dict(), ensure_ascii=False) + "\n")

@@ -249,7 +249,8 @@ def train_linker_recipe(path: str | Path, progress: bool = True) -> tuple[Path, 
     spec = spec.merged({"rerank.fusion": str(folder)})
     check = sample_check(spec, recipe.get("sample_check_mentions", 100))
     card = {"name": recipe.get("name", path.stem), "recipe": _recipe_ref(path), "description": recipe.get("description"),
-            "data": data.describe, "training_data_licence": TRAINING_DATA_LICENCE, "base_models": BASE_MODELS,
+            "data": data.describe, "training_data_licence": TRAINING_DATA_LICENCE,
+            "base_models": {k: v for k, v in BASE_MODELS.items() if k != "llm" or ch_conf is not None},
             "sample_check": check, "total_training_minutes": sum(s["wall_s"] for s in steps.values()) / 60,
             "steps": steps}
     card_path = work / "card.yaml"

@@ -42,7 +42,7 @@ _BASE64 = re.compile(r"^[A-Za-z0-9+/\s]+={0,2}\s*$")
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 Box = tuple[float, float, float, float]     # x0, y0, x1, y1 in pixels
-MAX_CROPS = 8     # crops per image the encoder sees (DWE's person crops have no cap; memory does)
+MAX_CROPS = 9     # crops per image the encoder sees: a 3 x 3 grid (DWE's person crops have no cap; memory does)
 
 
 def image_bytes(ref: str, root: str | Path | None = None) -> bytes:

@@ -122,7 +122,7 @@ def test_engine_is_started_once_per_process(vllm_backend, tiny_llm):
 def test_cli_link_with_vllm_equals_hf(vllm_backend, tiny_llm, entities_file, test_file, train_file, tmp_path):
     from gen_linker.cli import main
 
-    common = ["link", "--kb", str(entities_file), "--input", str(test_file), "--llm", str(tiny_llm),
+    common = ["link", "--linker", "generative", "--kb", str(entities_file), "--input", str(test_file), "--llm", str(tiny_llm),
               "--dtype", "float32", "--demos", str(train_file), "--num-demos", "2", "--beams", "3",
               "--no-progress"]
     assert main(common + ["--output", str(tmp_path / "hf_backend.jsonl")]) == 0

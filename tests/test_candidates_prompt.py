@@ -56,7 +56,7 @@ def test_cli_candidates_in_prompt_and_its_errors(tiny_llm, tmp_path):
     kb_file = write_jsonl(tmp_path / "kb.jsonl", ENTITIES)
     test_file = write_jsonl(tmp_path / "test.jsonl", TEST)
     desc = write_jsonl(tmp_path / "desc.jsonl", [{"id": "Q1", "description": "singer"}, {"oops": 1}])
-    base = ["link", "--kb", str(kb_file), "--input", str(test_file), "--llm", str(tiny_llm), "--dtype", "float32",
+    base = ["link", "--linker", "generative", "--kb", str(kb_file), "--input", str(test_file), "--llm", str(tiny_llm), "--dtype", "float32",
             "--beams", "2", "--no-progress"]
     assert main(base + ["--output", str(tmp_path / "a.jsonl"), "--candidates-in-prompt", "3", "--trie-scope",
                         "candidates", "--descriptions", str(desc)]) == 0

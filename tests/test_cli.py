@@ -26,7 +26,7 @@ def same_records(a, b):
 
 
 def link_args(tiny_llm, entities_file, inp, out, *extra):
-    return ["link", "--kb", str(entities_file), "--input", str(inp), "--output", str(out),
+    return ["link", "--linker", "generative", "--kb", str(entities_file), "--input", str(inp), "--output", str(out),
             "--llm", str(tiny_llm), "--dtype", "float32", "--beams", "3", "--no-progress", *extra]
 
 

@@ -89,7 +89,7 @@ def synthetic(tmp_path_factory):
     """The synthetic benchmark (entities of a group share a name, only images tell them
     apart) and DWE trained on it text-only and with images + 2x2 grid crops."""
     root = tmp_path_factory.mktemp("synthetic")
-    generate(root, groups=4, per_group=3, mentions=10, seed=0)
+    generate(root, groups=4, per_group=3, mentions=20, seed=0)   # 12 training mentions per entity
     kb = KnowledgeBase.from_jsonl(root / "entities.jsonl")
     train, dev, test = (datasets.load(root / f"{s}.jsonl").valid for s in ("train", "dev", "test"))
     out = {"root": root, "kb": kb, "test": test}

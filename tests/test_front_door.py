@@ -161,7 +161,7 @@ def test_flags_spec_and_saved_folder_give_identical_outputs(flags, spec, tiny_ll
     flags = [paths.get(f, f) for f in flags]
     spec = json.loads(json.dumps(spec), object_hook=lambda d: {k: paths.get(v, v) if isinstance(v, str) else v
                                                                for k, v in d.items()})
-    common = ["--kb", str(entities_file), "--input", str(test_file), "--llm", str(tiny_llm), "--dtype", "float32",
+    common = ["--linker", "generative", "--kb", str(entities_file), "--input", str(test_file), "--llm", str(tiny_llm), "--dtype", "float32",
               "--beams", "3", "--no-progress"]
     by_flags, saved = tmp_path / "flags.jsonl", tmp_path / "saved-linker"
     assert main(["link", *common, *flags, "--output", str(by_flags), "--save-linker", str(saved)]) == 0

@@ -42,6 +42,6 @@ def test_generative_linker_with_simcse_demos_beats_no_demos(sample):
 
 
 def test_demo_command_runs(capsys):
-    assert main(["demo", "--limit", "6", "--num-demos", "4", "--beams", "2"]) == 0
+    assert main(["demo", "--limit", "6"]) == 0
     out = capsys.readouterr().out
     assert "Top-1" in out and "examples" in out

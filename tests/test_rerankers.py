@@ -40,7 +40,7 @@ def test_cross_encoder_training_lowers_its_loss_and_changes_the_ranking(tiny_ber
     from gen_linker.rerankers import CrossEncoderScorer, RerankerConfig, train_reranker
 
     mentions, lists, gold = groups(retriever)
-    config = RerankerConfig(kind="crossencoder", base=str(tiny_bert), epochs=15, lr=5e-3, batch_size=4,
+    config = RerankerConfig(kind="crossencoder", base=str(tiny_bert), epochs=30, lr=1e-2, batch_size=4,
                             negatives=5, candidates=10, max_length=64)
     untrained = tmp_path / "untrained"
     train_reranker(KB, LABELLED, untrained, retriever, RerankerConfig(**{**config.__dict__, "epochs": 0}),
@@ -70,7 +70,7 @@ def test_bi_encoder_training_lowers_its_loss_and_serves_as_the_dense_retriever(t
         return list(20 * q @ encoder.encode(entity_texts).T)
 
     before = scores(SentenceEncoder(str(tiny_bert)))
-    config = RerankerConfig(kind="biencoder", base=str(tiny_bert), epochs=8, lr=2e-3, batch_size=4, negatives=1, full=True,
+    config = RerankerConfig(kind="biencoder", base=str(tiny_bert), epochs=8, lr=5e-4, batch_size=4, negatives=1, full=True,
                             candidates=10, max_length=64)
     train_reranker(KB, LABELLED, tmp_path / "bi", retriever, config, progress=False)
     trained = SentenceEncoder(str(tmp_path / "bi"))          # the folder works wherever an encoder does

@@ -79,7 +79,7 @@ def test_cli_train_then_link_with_the_adapter_on_both_backends(tiny_llm, vllm_ba
     feats = torch.randn(3, images.mapper.feature_dim)
     assert torch.equal(images.mapper(feats), again.mapper(feats))       # save/load round trip
 
-    common = ["link", "--kb", str(bench / "entities.jsonl"), "--input", str(bench / "test.jsonl"),
+    common = ["link", "--linker", "generative", "--kb", str(bench / "entities.jsonl"), "--input", str(bench / "test.jsonl"),
               "--adapter", str(tmp_path / "adapter"), "--image-root", str(bench), "--dtype", "float32",
               "--beams", "2", "--no-progress"]
     assert main(common + ["--output", str(tmp_path / "hf.jsonl")]) == 0
@@ -166,7 +166,7 @@ def test_lora_adapter_trains_saves_as_peft_and_links_the_same_on_hf_and_vllm(tin
         np.testing.assert_allclose([h.score for h in g], [h.score for h in w], atol=1e-3)
 
     # Through the CLI: the adapter's LoRA is loaded by both backends.
-    common = ["link", "--kb", str(bench / "entities.jsonl"), "--input", str(bench / "test.jsonl"),
+    common = ["link", "--linker", "generative", "--kb", str(bench / "entities.jsonl"), "--input", str(bench / "test.jsonl"),
               "--adapter", str(folder), "--image-root", str(bench), "--dtype", "float32", "--beams", "2",
               "--no-progress"]
     assert main(common + ["--output", str(tmp_path / "hf.jsonl")]) == 0

@@ -60,7 +60,8 @@ def entity_disjoint(train: Sequence[Mention], dev: Sequence[Mention], test: Sequ
 
 
 def write_split(split: DisjointSplit, folder: str | Path, shots: Sequence[int] = (16, 64, 256)) -> dict:
-    """The split as JSONL files in `folder` (train, dev, test_new, pool, and shots-K for each K)
+    """The split as JSONL files in `folder` (train, dev, test_new, pool, and for each K shots-K
+    and train+shots-K, the labelled examples of a K-shot run)
     plus `split.json` with the counts; returns the counts."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -74,6 +75,7 @@ def write_split(split: DisjointSplit, folder: str | Path, shots: Sequence[int] =
         dump(f"{name}.jsonl", getattr(split, name))
     for k in shots:
         dump(f"shots-{k}.jsonl", split.shots(k))
+        dump(f"train+shots-{k}.jsonl", [*split.train, *split.shots(k)])     # a few-shot run's labelled pool
     counts = {**split.counts(), "shots": list(shots)}
     (folder / "split.json").write_text(json.dumps(counts, indent=2) + "\n")
     return counts
