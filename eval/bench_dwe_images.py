@@ -1,6 +1,6 @@
 """Does DWE learn to use images? The synthetic benchmark, DWE with and without images.
 
-    python eval/bench_dwe_images.py [--groups 10] [--mentions 10] [--epochs 30] [--lr 3e-3] [--seeds 0,1,2]
+    python eval/bench_dwe_images.py [--groups 10] [--mentions 20] [--epochs 30] [--lr 3e-3] [--seeds 0,1,2]
 
 Builds eval/runs/synthetic_dwe (eval/synthetic_mel.py: entities sharing a name in groups of 3,
 told apart only by their images; chance within a group 0.333), then trains DWE on its train
@@ -38,7 +38,7 @@ RUNS = [("DWE", "dwe", "text only", None), ("DWE", "dwe", "whole image", 0),
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--groups", type=int, default=10)
-    ap.add_argument("--mentions", type=int, default=10, help="mentions per entity")
+    ap.add_argument("--mentions", type=int, default=20, help="mentions per entity (12 train, 4 dev, 4 test)")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch-size", type=int, default=16)

@@ -3,8 +3,8 @@ and every request answered exactly once, including while the queue overflows.
 
     python eval/bench_server.py [--mentions 200] [--clients 1,4,16,64] [--linker-args "..."]
 
-One run, one linker (the flags in --linker-args; default: the default generative linker with
-16 SimCSE demonstrations from WikiMEL train, as the README's `link`), the seeded sample of
+One run, one linker (the flags in --linker-args; default: the packaged default linker with
+WikiMEL train as its labelled pool, as the README's `link`), the seeded sample of
 WikiMEL test mentions (seed 0, as the suites):
 1. the offline baseline: what `gen-linker link` does (`cli.make_linker`, `batch.link_to_file`
    with the CLI's chunk size) on the sample, timed in this process: mentions/s;
