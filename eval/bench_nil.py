@@ -44,7 +44,7 @@ def removed_kb(kb: KnowledgeBase, mentions, share: float, seed: int) -> tuple[Kn
 def sweep(results, mentions, gone: set[str]) -> list[dict]:
     rows = []
     for t in THRESHOLDS:
-        pred_nil = [r.entity_id is None or (r.confidence or 0.0) < t for r in results]
+        pred_nil = [bool(r.entity_id is None or (r.confidence or 0.0) < t) for r in results]
         gold_nil = [m.gold in gone for m in mentions]
         tp = sum(p and g for p, g in zip(pred_nil, gold_nil))
         in_kb = [(r, m) for r, m, g in zip(results, mentions, gold_nil) if not g]
@@ -92,7 +92,7 @@ def main() -> int:
             "date": time.strftime("%Y-%m-%d"), "linker": args.linker_config, "mentions": len(test), "dev": len(dev),
             "share": args.share, "seed": args.seed, "ece": ece, "top1_full_kb": float(np.mean(hit)),
             "dev_threshold": best, "bm25_top1_full_kb": bm25_top1, "wall_s": time.perf_counter() - t0}
-    (args.out / "nil.json").write_text(json.dumps({"meta": meta, "curves": curves}, indent=2) + "\n")
+    (args.out / "nil.json").write_text(json.dumps({"meta": meta, "curves": curves}, indent=2, default=lambda o: o.item()) + "\n")
     lines = ["# Calibration and NIL (default linker, WikiMEL test)", "",
              f"- command: `{meta['command']}`", f"- machine: {meta['machine']}", f"- date: {meta['date']}",
              f"- {len(test)} test mentions (the suites' seeded sample); demonstrations: WikiMEL train; the gold "
