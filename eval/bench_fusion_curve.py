@@ -24,31 +24,13 @@ import numpy as np
 from gen_linker import datasets
 from gen_linker.datasets.disjoint import entity_disjoint
 from gen_linker.features import DemoPool, feature_names
-from gen_linker.fusion import FusionConfig, FusionExample, fit
+from gen_linker.fusion import FusionConfig, examples_top1, fit
 from gen_linker.hardware import machine_line
-from gen_linker.linkers.fused import FusedLinker
+from gen_linker.linkers.fused import FusedLinker, fusion_examples
 from gen_linker.loader import DEFAULT_LINKER, LinkerParts, read_spec
 from wikimel import WIKIMEL, seeded_sample
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def examples_of(linker: FusedLinker, mentions, chunk: int = 64) -> list[FusionExample]:
-    """Each mention's candidate features and the gold's position among them (None: missed)."""
-    out = []
-    for start in range(0, len(mentions), chunk):
-        batch = mentions[start : start + chunk]
-        infos, feats = linker.features(batch)
-        for m, cands, x in zip(batch, infos, feats):
-            ids = [c.entity_id for c in cands]
-            out.append(FusionExample(x, ids.index(m.gold) if m.gold in ids else None, m.id))
-        print(f"  features {start + len(batch)}/{len(mentions)}", file=sys.stderr, flush=True)
-    return out
-
-
-def top1(model, examples) -> float:
-    return float(np.mean([e.gold is not None and len(e.features) and int(np.argmax(model.scores(e.features))) == e.gold
-                          for e in examples]))
 
 
 def main() -> int:
@@ -68,9 +50,9 @@ def main() -> int:
     t0 = time.perf_counter()
     parts.pool = DemoPool([m for m in split.train if m.gold in kb], parts.similarity_encoder)
     linker = FusedLinker.from_spec(spec, parts, fusion=None, rerankers=[])
-    dev_ex = examples_of(linker, dev)
+    dev_ex = fusion_examples(linker, dev)
     linker.pool = DemoPool([m for m in parts_data["train"].valid if m.gold in kb], parts.similarity_encoder)
-    test_ex = examples_of(linker, test)
+    test_ex = fusion_examples(linker, test, desc="fusion features (test)")
     features_s = time.perf_counter() - t0
     # the baselines on the same test mentions: BM25's and the retriever's first candidate
     from gen_linker.loader import load_linker
@@ -84,7 +66,7 @@ def main() -> int:
     for n in sizes:
         t1 = time.perf_counter()
         model, report = fit(dev_ex[:n], feature_names([]), config)
-        rows.append({"dev_mentions": n, "test_top1": top1(model, test_ex), "held_out_top1": report.held_out_top1,
+        rows.append({"dev_mentions": n, "test_top1": examples_top1(model, test_ex), "held_out_top1": report.held_out_top1,
                      "fit_s": time.perf_counter() - t1})
         print(f"  {n} dev mentions: test Top-1 {rows[-1]['test_top1']:.4f}", file=sys.stderr, flush=True)
     result = {"command": "python eval/bench_fusion_curve.py " + " ".join(sys.argv[1:]), "machine": machine_line(),

@@ -92,7 +92,7 @@ def main() -> int:
             "date": time.strftime("%Y-%m-%d"), "linker": args.linker_config, "mentions": len(test), "dev": len(dev),
             "share": args.share, "seed": args.seed, "ece": ece, "top1_full_kb": float(np.mean(hit)),
             "dev_threshold": best, "bm25_top1_full_kb": bm25_top1, "wall_s": time.perf_counter() - t0}
-    (args.out / "nil.json").write_text(json.dumps({"meta": meta, "curves": curves}, indent=2, default=lambda o: o.item()) + "\n")
+    (args.out / "nil.json").write_text(json.dumps({"meta": meta, "curves": curves}, indent=2) + "\n")
     lines = ["# Calibration and NIL (default linker, WikiMEL test)", "",
              f"- command: `{meta['command']}`", f"- machine: {meta['machine']}", f"- date: {meta['date']}",
              f"- {len(test)} test mentions (the suites' seeded sample); demonstrations: WikiMEL train; the gold "

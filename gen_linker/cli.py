@@ -601,9 +601,8 @@ def cmd_demo(args) -> int:
     # the baseline every figure stands beside: BM25 over the names, on the same mentions
     from .loader import load_linker
 
-    bm25 = load_linker(kb, {"linker": "bm25"}).link(test)
-    hits = sum(r.entity_id == m.gold for r, m in zip(bm25, test))
-    print(f"bm25 (same mentions): Top-1 {hits / len(test):.4f}")
+    bm25 = {r.mention_id: r.to_dict() for r in load_linker(kb, {"linker": "bm25"}).link(test)}
+    print(f"bm25 (same mentions): Top-1 {score(bm25, gold_of(test)).top1:.4f}")
     print("\nexamples (mention -> linked name [gold name]):")
     for m in test[:8]:
         p = preds[m.id]

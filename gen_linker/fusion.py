@@ -231,6 +231,12 @@ def _top1(model: FusionModel, x, mask, y) -> float:
         return float((s.argmax(1) == y).float().mean())
 
 
+def examples_top1(model: FusionModel, examples: Sequence[FusionExample]) -> float:
+    """The share of examples whose gold candidate the model ranks first (a missed gold counts
+    as wrong): how a fitted fusion is scored on mentions it was not fitted on."""
+    return _top1(model, *_batches(examples))
+
+
 # ---------------------------------------------------------------------------- calibration metrics
 def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
     """ECE: the confidence-weighted gap between confidence and accuracy over equal-width bins."""

@@ -74,8 +74,9 @@ def write_split(split: DisjointSplit, folder: str | Path, shots: Sequence[int] =
     for name in ("train", "dev", "test_new", "pool"):
         dump(f"{name}.jsonl", getattr(split, name))
     for k in shots:
-        dump(f"shots-{k}.jsonl", split.shots(k))
-        dump(f"train+shots-{k}.jsonl", [*split.train, *split.shots(k)])     # a few-shot run's labelled pool
+        examples = split.shots(k)
+        dump(f"shots-{k}.jsonl", examples)
+        dump(f"train+shots-{k}.jsonl", [*split.train, *examples])     # a few-shot run's labelled pool
     counts = {**split.counts(), "shots": list(shots)}
     (folder / "split.json").write_text(json.dumps(counts, indent=2) + "\n")
     return counts

@@ -250,9 +250,7 @@ def train_fusion(spec, kb: KnowledgeBase, dev: Sequence[Mention], output, config
     labelled mentions the pool features count (default: the spec's demonstrations)."""
     from pathlib import Path
 
-    from tqdm import tqdm
-
-    from ..fusion import FusionConfig, FusionExample, fit
+    from ..fusion import FusionConfig, fit
     from ..loader import LinkerParts, check_spec
 
     r = spec.rerank
@@ -265,14 +263,26 @@ def train_fusion(spec, kb: KnowledgeBase, dev: Sequence[Mention], output, config
     dev = [m for m in dev if m.gold is not None]
     if not dev:
         raise GenLinkerError("train-fusion needs dev mentions with gold entity ids")
-    examples = []
-    for start in tqdm(range(0, len(dev), chunk), desc="fusion features (dev)", unit="chunk", disable=not progress):
-        batch = dev[start : start + chunk]
-        infos, feats = linker.features(batch)
-        for m, cands, x in zip(batch, infos, feats):
-            ids = [c.entity_id for c in cands]
-            examples.append(FusionExample(x, ids.index(m.gold) if m.gold in ids else None, m.id))
+    examples = fusion_examples(linker, dev, chunk, progress)
     model, report = fit(examples, feature_names(wanted), config or FusionConfig())
     model.card.update({"rerankers": wanted, "candidates": r.candidates, "llm_candidates": r.llm_candidates})
     model.save(Path(output))
     return model, report
+
+
+def fusion_examples(linker: FusedLinker, mentions: Sequence[Mention], chunk: int = 64, progress: bool = True,
+                    desc: str = "fusion features (dev)") -> list:
+    """Each labelled mention's candidate features and the gold's position among them (None:
+    retrieval missed it), computed in chunks: what a fusion is fitted or scored on."""
+    from tqdm import tqdm
+
+    from ..fusion import FusionExample
+
+    examples = []
+    for start in tqdm(range(0, len(mentions), chunk), desc=desc, unit="chunk", disable=not progress):
+        batch = mentions[start : start + chunk]
+        infos, feats = linker.features(batch)
+        for m, cands, x in zip(batch, infos, feats):
+            ids = [c.entity_id for c in cands]
+            examples.append(FusionExample(x, ids.index(m.gold) if m.gold in ids else None, m.id))
+    return examples
