@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from gen_linker import datasets
 from gen_linker.kb import write_entities
+from gen_linker.server.batching import MAX_WAIT_MS
 from machine import machine_line
 from wikimel import WIKIMEL, seeded_sample
 
@@ -192,7 +193,7 @@ def main() -> int:
     ap.add_argument("--clients", default="1,4,16,64", help="client counts (default 1,4,16,64)")
     ap.add_argument("--linker-args", default=DEFAULT_LINKER, help=f"linker flags (default: {DEFAULT_LINKER!r})")
     ap.add_argument("--max-batch", type=int, default=64)
-    ap.add_argument("--max-wait-ms", type=float, default=10.0)
+    ap.add_argument("--max-wait-ms", type=float, default=MAX_WAIT_MS)
     ap.add_argument("--overflow-queue", type=int, default=4, help="--max-queue of the overflow server (default 4)")
     ap.add_argument("--warmup", type=int, default=8, help="requests before measuring (default 8)")
     ap.add_argument("--level-timeout", type=float, default=900.0, help="seconds one level may take (default 900)")

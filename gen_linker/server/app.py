@@ -32,7 +32,7 @@ from ..detect import detect_mentions, gazetteer_for
 from ..errors import RecordError
 from ..kb import KnowledgeBase
 from ..schema import LinkResult, Mention
-from .batching import MicroBatcher, QueueFull
+from .batching import MAX_WAIT_MS, MicroBatcher, QueueFull
 from .guards import BodyLimit, RequestLog, field_error, require_json, safe_image
 from .rel import REL_ENTITY, rel_annotations, rel_mentions
 from .schemas import (ERROR_RESPONSES, MAX_BODY, DetectRequest, DetectResponse, EntityOut, Health, KBInfo,
@@ -121,7 +121,7 @@ async def _client_gone(request: Request) -> None:
 
 
 def create_app(linker: Any, kb: KnowledgeBase, *, image_root: str | Path | None = None, max_batch: int = 64,
-               max_wait_ms: float = 10.0, max_queue: int = 1024, rel_entity: Literal["id", "name"] = "id",
+               max_wait_ms: float = MAX_WAIT_MS, max_queue: int = 1024, rel_entity: Literal["id", "name"] = "id",
                max_body: int = MAX_BODY) -> FastAPI:
     """The service over `kb` with `linker` (loaded, or a function loading it at start-up)."""
     holder: dict[str, Service] = {}

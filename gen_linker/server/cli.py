@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import GenLinkerError
 from ..linker_flags import add_linker_flags, spec_from_args
+from .batching import MAX_WAIT_MS
 
 
 def add_commands(subparsers) -> None:
@@ -26,8 +27,8 @@ def add_commands(subparsers) -> None:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     s.add_argument("--max-batch", type=int, default=64, help="most mentions linked in one call (default 64)")
-    s.add_argument("--max-wait-ms", type=float, default=10.0,
-                   help="longest a mention waits for others to join its batch (default 10)")
+    s.add_argument("--max-wait-ms", type=float, default=MAX_WAIT_MS,
+                   help=f"longest a mention waits for others to join its batch (default {MAX_WAIT_MS:g})")
     s.add_argument("--max-queue", type=int, default=1024,
                    help="mentions that may wait; beyond, requests get 503 with Retry-After (default 1024)")
     s.add_argument("--rel-entity", choices=("id", "name"), default="id",
