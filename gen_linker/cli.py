@@ -213,6 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--no-progress", action="store_true", help="no progress bars")
     cm.set_defaults(func=cmd_compare)
 
+    ad = sub.add_parser("adapt", help="a linker folder for a new KB from a few labelled examples (no retraining; "
+                                      "refits the fusion from 16 examples, --tune also the dense encoder)")
+    ad.add_argument("--kb", type=Path, required=True, help="the new KB: entities JSONL file or KB folder")
+    ad.add_argument("--examples", type=Path, help="labelled mentions with gold ids in the new KB (any supported "
+                                                  "format; any number, none allowed)")
+    ad.add_argument("--examples-format", default="auto", choices=("auto", *datasets.FORMATS))
+    ad.add_argument("--from", dest="base", type=Path, help="linker folder to start from (default: the packaged default)")
+    ad.add_argument("--output", type=Path, required=True, help="the new linker folder (holds its KB folder, kb/)")
+    ad.add_argument("--tune", action="store_true", help="also try a LoRA update of the dense encoder on the examples "
+                                                        "(kept only where the held-out examples improve)")
+    ad.add_argument("--max-minutes", type=float, default=5.0, help="--tune: training time budget (default 5)")
+    ad.add_argument("--seed", type=int, default=0)
+    ad.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
+    ad.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ad.set_defaults(func=cmd_adapt)
+
     d = sub.add_parser("demo", help="link the bundled WikiMEL sample with the packaged models")
     d.add_argument("--limit", type=int, default=100, help="mentions to link (default 100; 0: all 300)")
     d.add_argument("--output", type=Path, help="also write the link output here")
@@ -401,6 +417,19 @@ def cmd_train_fusion(args) -> int:
     print(f"fusion {args.output}: {report.dev_mentions} dev mentions, rerankers "
           f"{', '.join(model.card['rerankers']) or 'none'}; held-out Top-1 {report.held_out_top1:.3f}, "
           f"temperature {report.temperature:.2f}")
+    return 0
+
+
+def cmd_adapt(args) -> int:
+    from .adapt import KB_DIR, adapt
+
+    if args.output.exists() and any(args.output.iterdir()) and not args.overwrite:
+        raise GenLinkerError(f"--output {args.output} exists and is not empty: give --overwrite to replace it")
+    report = adapt(args.kb, args.examples, args.output, args.base, tune=args.tune, max_minutes=args.max_minutes,
+                   seed=args.seed, progress=not args.no_progress, examples_format=args.examples_format)
+    print(f"linker folder {args.output}: " + "; ".join(report.lines()))
+    print(f"link with: gen-linker link --kb {args.output / KB_DIR} --linker-config {args.output} "
+          "--input MENTIONS.jsonl --output OUT.jsonl")
     return 0
 
 

@@ -42,6 +42,7 @@ class TextEncoder:
     keeps them on disk by (texts, `path`)."""
 
     path: str
+    cache_key: str | None = None    # what cached embeddings are keyed by besides the texts (None: path)
 
     def encode(self, texts: Sequence[str], batch_size: int = 128, show_progress: bool = False) -> np.ndarray:
         raise NotImplementedError
@@ -55,7 +56,7 @@ class TextEncoder:
         killed run goes on from its last chunk. `mmap_mode`: return the cached rows memory-
         mapped read-only (the processes of a machine then share one copy), not read in."""
         folder = Path(cache_dir) if cache_dir is not None else cache_root() / "embeddings"
-        path = folder / f"emb-{text_digest(texts, self.path)}.npy"
+        path = folder / f"emb-{text_digest(texts, self.cache_key or self.path)}.npy"
         if path.exists():
             return np.load(path, mmap_mode="r" if mmap_mode else None, allow_pickle=False)
         if len(texts) >= RESUMABLE_FROM:
@@ -122,6 +123,7 @@ class SentenceEncoder(TextEncoder):
     def __init__(self, model: str | None = None) -> None:
         self.path = resolve_sentence_encoder(model)
         self.model = _load(self.path)
+        self.cache_key = _weights_key(self.path)
 
     @property
     def dim(self) -> int:
@@ -177,6 +179,23 @@ def text_encoder(spec: str | None) -> SentenceEncoder | ClipTextEncoder:
     if spec and spec.startswith("clip:"):
         return ClipTextEncoder(spec.removeprefix("clip:"))
     return SentenceEncoder(spec)
+
+
+def _weights_key(path: str) -> str:
+    """A trained bi-encoder's cache key is its weights' hash, not its path: the folder can move
+    (`gen-linker adapt` writes it to a temporary folder first) and keep its cached embeddings."""
+    from .rerankers import is_reranker_folder
+
+    folder = Path(path)
+    if not is_reranker_folder(folder):
+        return path
+    h = hashlib.sha256()
+    for name in ("adapter_model.safetensors", "model.safetensors"):
+        if (folder / name).exists():
+            with (folder / name).open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return "biencoder:" + h.hexdigest()[:16]
 
 
 def text_digest(texts: Sequence[str], *extra: str) -> str:

@@ -70,8 +70,15 @@ class DemoPool:
     """What the labelled examples at hand say about entities: gold counts, surface -> entity
     counts, and (with an encoder) their sentence embeddings for kNN."""
 
-    def __init__(self, mentions: Sequence[Mention], encoder=None, neighbours: int = 32) -> None:
+    def __init__(self, mentions: Sequence[Mention], encoder=None, neighbours: int = 32,
+                 leave_one_out: bool = False) -> None:
+        """`leave_one_out`: a mention that is itself in the pool does not count its own label
+        (fitting a fusion on the pool's own examples, as `gen-linker adapt` does)."""
         self.mentions = [m for m in mentions if m.gold is not None]
+        self.own: dict[tuple[str, str], Counter] = defaultdict(Counter)
+        if leave_one_out:
+            for m in self.mentions:
+                self.own[(m.text, m.mention)][m.gold] += 1
         self.count = Counter(m.gold for m in self.mentions)
         self.surface: dict[str, Counter] = defaultdict(Counter)
         for m in self.mentions:
@@ -150,6 +157,9 @@ def candidate_features(mention: Mention, cands: Sequence[CandidateInfo], kb: Kno
     cue = _gender_cue(mention.text)
     text_content = _content(mention.text) - set(mention_words)
     surface = pool.surface.get(mention_low) if pool is not None else None
+    own = pool.own.get((mention.text, mention.mention)) if pool is not None else None
+    if own and surface:
+        surface = surface - own
     surface_total = sum(surface.values()) if surface else 0
     bm_best = max((c.bm25 for c in cands if c.bm25 is not None), default=None)
     de_best = max((c.dense for c in cands if c.dense is not None), default=None)
@@ -185,7 +195,7 @@ def candidate_features(mention: Mention, cands: Sequence[CandidateInfo], kb: Kno
             fit, miss, gender,
             min(len(desc_words & text_content), 5) / 5.0,
             math.log1p(len(desc.split())) / 5.0,
-            math.log1p(pool.count.get(ent.id, 0)) if pool is not None else 0.0,
+            math.log1p(pool.count.get(ent.id, 0) - (own or {}).get(ent.id, 0)) if pool is not None else 0.0,
             (surface[ent.id] / surface_total) if surface_total else 0.0,
             (knn or {}).get(ent.id, 0.0),
         ]

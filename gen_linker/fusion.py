@@ -49,6 +49,7 @@ class FusionConfig:
     weight_decay: float = 1e-4
     held_out: float = 0.2       # share of the dev data kept for early stopping and calibration
     seed: int = 0
+    anchor: float = 0.0         # warm start: L2 pull of the weights towards the starting model's
 
 
 class FusionModel(nn.Module):
@@ -153,9 +154,11 @@ class FusionReport:
     mention_ids: list[str] = field(default_factory=list)
 
 
-def fit(examples: Sequence[FusionExample], feature_names: Sequence[str], config: FusionConfig | None = None
-        ) -> tuple[FusionModel, FusionReport]:
-    """Fit a fusion model on dev examples (a held-out share for early stopping and calibration)."""
+def fit(examples: Sequence[FusionExample], feature_names: Sequence[str], config: FusionConfig | None = None,
+        init: FusionModel | None = None) -> tuple[FusionModel, FusionReport]:
+    """Fit a fusion model on dev examples (a held-out share for early stopping and calibration).
+    `init`: a fitted model to start from (`gen-linker adapt` on a handful of examples): its
+    feature scaling is kept and `config.anchor` holds the weights near its own."""
     config = config or FusionConfig()
     examples = [e for e in examples if len(e.features)]
     if len(examples) < 10:
@@ -165,17 +168,29 @@ def fit(examples: Sequence[FusionExample], feature_names: Sequence[str], config:
     order = rng.permutation(len(examples))
     n_held = max(2, int(round(config.held_out * len(examples))))
     held, train = [examples[i] for i in order[:n_held]], [examples[i] for i in order[n_held:]]
-    model = FusionModel(feature_names, config.kind, config.hidden)
-    allf = np.concatenate([e.features for e in train])
-    model.mean.copy_(torch.as_tensor(allf.mean(0), dtype=torch.float32))
-    model.std.copy_(torch.as_tensor(allf.std(0) + 1e-3, dtype=torch.float32))
     xt, mt, yt = _batches(train)
     xh, mh, yh = _batches(held)
-    with torch.no_grad():   # the NIL option starts at the share of dev mentions it should win
-        miss = float((yt == xt.shape[1]).float().mean())
-        model.nil_score.fill_(math.log(max(miss, 1e-3) / (1 - miss + 1e-6)) - 2.0)
+    anchor = None
+    if init is not None:
+        if list(init.feature_names) != list(feature_names):
+            raise GenLinkerError("the starting fusion model has other features than the examples")
+        model = FusionModel(feature_names, init.kind, init.hidden)
+        model.load_state_dict(init.state_dict())
+        anchor = [p.detach().clone() for p in model.net.parameters()]
+    else:
+        model = FusionModel(feature_names, config.kind, config.hidden)
+        allf = np.concatenate([e.features for e in train])
+        model.mean.copy_(torch.as_tensor(allf.mean(0), dtype=torch.float32))
+        model.std.copy_(torch.as_tensor(allf.std(0) + 1e-3, dtype=torch.float32))
+        with torch.no_grad():   # the NIL option starts at the share of dev mentions it should win
+            miss = float((yt == xt.shape[1]).float().mean())
+            model.nil_score.fill_(math.log(max(miss, 1e-3) / (1 - miss + 1e-6)) - 2.0)
     opt = torch.optim.Adam(model.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     best, best_state, patience = float("inf"), None, 0
+    if init is not None:    # the starting point is a candidate too: a refit that only overfits keeps it
+        with torch.no_grad():
+            best = float(_nll(model, xh, mh, yh, torch.tensor(1.0)))
+        best_state = {k: v.clone() for k, v in model.state_dict().items()}
     for epoch in range(config.epochs):
         model.train()
         perm = torch.randperm(len(xt))
@@ -183,6 +198,8 @@ def fit(examples: Sequence[FusionExample], feature_names: Sequence[str], config:
             idx = perm[start : start + 256]
             opt.zero_grad()
             loss = _nll(model, xt[idx], mt[idx], yt[idx], torch.tensor(1.0))
+            if anchor is not None and config.anchor:
+                loss = loss + config.anchor * sum(((p - a) ** 2).sum() for p, a in zip(model.net.parameters(), anchor))
             loss.backward()
             opt.step()
         model.eval()
@@ -195,7 +212,8 @@ def fit(examples: Sequence[FusionExample], feature_names: Sequence[str], config:
             if patience >= config.patience:
                 break
     model.load_state_dict(best_state)
-    calibrate(model, xh, mh, yh)
+    if init is None or len(held) >= 50:     # a few held-out mentions cannot set a temperature: keep init's
+        calibrate(model, xh, mh, yh)
     report = FusionReport(dev_mentions=len(examples), fit_top1=_top1(model, xt, mt, yt),
                           held_out_top1=_top1(model, xh, mh, yh), temperature=float(model.temperature),
                           nil_score=float(model.nil_score), epochs_run=epoch + 1,

@@ -254,11 +254,14 @@ ARTEFACTS = {"dim.folder": ("dim", ("dim.yaml", "dim.safetensors")),
              "rerank.fusion": ("fusion", ("fusion.yaml", "fusion.safetensors"))}
 
 
-def save_linker(spec: LinkerSpec, folder: str | Path, extra: Mapping[str, str | Path] | None = None) -> Path:
+def save_linker(spec: LinkerSpec, folder: str | Path, extra: Mapping[str, str | Path] | None = None,
+                bundle: Mapping[str, str] | None = None) -> Path:
     """Write a saved linker folder: the spec's trained artefacts (a DIM, an adapter) copied in,
     and `linker.yaml` with every path relative to the folder. Data files the spec names (demos,
     descriptions, captions) are referenced, not copied. `extra`: more files or folders to copy
-    in (name inside the folder -> source), for linkers with artefacts of their own.
+    in (name inside the folder -> source), for linkers with artefacts of their own. `bundle`:
+    data files the spec names that are copied in too (spec key -> name inside the folder), for a
+    folder that must stand alone (`gen-linker adapt`'s examples).
     Written to a temporary folder first, then moved: a killed save leaves no half folder."""
     check_spec(spec)
     folder = Path(folder)
@@ -279,6 +282,11 @@ def save_linker(spec: LinkerSpec, folder: str | Path, extra: Mapping[str, str | 
                 elif src.exists():
                     shutil.copy2(src, target / part)
             saved.set(key, str(folder / name))
+        for key, name in (bundle or {}).items():
+            source = spec.get(key)
+            if source:
+                extra = {**(extra or {}), name: source}
+                saved.set(key, str(folder / name))
         for name, source in (extra or {}).items():
             copy = shutil.copytree if Path(source).is_dir() else shutil.copy2
             copy(source, tmp / name)

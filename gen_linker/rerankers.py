@@ -66,6 +66,7 @@ class RerankerConfig:
     dev_mentions: int = 200             # dev mentions ranked for the learning curve
     dev_every: int | None = None        # steps between dev checks (None: at the end only)
     seed: int = 0
+    max_seconds: float | None = None    # stop training after this long (the weights so far are kept)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -178,6 +179,7 @@ class RerankerReport:
     train_loss: float | None = None
     dev_curve: list = field(default_factory=list)     # (training mentions seen, dev Top-1 of the reranking)
     peak_rss_gb: float | None = None
+    stopped_at_step: int | None = None                # where the time budget stopped it (None: it did not)
 
 
 def hard_negative_lists(kb: KnowledgeBase, mentions: Sequence[Mention], retriever, depth: int
@@ -290,9 +292,11 @@ class DevCurve:
         self.report.dev_curve.append((seen, float(np.mean(hits))))
 
     def callback(self, model, per_step: int):
+        """The trainer callback that measures the curve, and stops at `config.max_seconds`."""
         from transformers import TrainerCallback
 
-        curve, every = self, self.config.dev_every
+        curve, every, budget = self, self.config.dev_every, self.config.max_seconds
+        start = time.perf_counter()
 
         class _Every(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
@@ -301,6 +305,9 @@ class DevCurve:
                     model.eval()
                     curve.measure(model, state.global_step * per_step)
                     model.train(was)
+                if budget is not None and time.perf_counter() - start > budget:
+                    curve.report.stopped_at_step = state.global_step
+                    control.should_training_stop = True
 
         return _Every()
 
