@@ -50,7 +50,7 @@ def main() -> int:
     kb = RUNS / "kb"
     rows = []
     if not (kb / "kb.json").exists():
-        wall, rss = timed(["build-kb", "--entities", str(SPLIT / "kb.jsonl"), "--folder", str(kb), "--prepare",
+        wall, rss = timed(["build-kb", str(SPLIT / "kb.jsonl"), str(kb), "--prepare",
                            "--linker-config", "gen_linker/data/linkers/default", "--no-progress"])
         rows.append({"step": "build-kb --prepare (once per KB)", "k": None, "tune": False, "wall_s": wall,
                      "peak_rss_gb": rss})
