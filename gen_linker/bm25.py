@@ -87,6 +87,9 @@ class BM25Index:
             docs, vals = product.indices[lo:hi], product.data[lo:hi]
             keep = vals > 0
             docs, vals = docs[keep], vals[keep]
+            if len(vals) > k:   # a common word matches thousands in a large KB: sort only the top
+                keep = vals >= -np.partition(-vals, k - 1)[k - 1]      # ties at the k-th all stay
+                docs, vals = docs[keep], vals[keep]
             order = np.lexsort((docs, -vals))[:k]
             out.append((docs[order].astype(np.int64), vals[order]))
         return out

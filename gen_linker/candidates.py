@@ -242,9 +242,18 @@ class BM25NameIndex:
         self.sparse_top = len(kb) >= (exact_below if exact_below is not None else ann_threshold())
 
     def candidates(self, mention: str, k: int = 10) -> list[Candidate]:
+        return self.candidates_batch([mention], k)[0]
+
+    def candidates_batch(self, mentions: Sequence[str], k: int = 10) -> list[list[Candidate]]:
+        """`candidates` of many mentions in one sparse product: a product's fixed cost grows
+        with the KB (a million entities: ~1 ms), so one per mention would dominate."""
+        queries = [words(m) for m in mentions]
         if self.sparse_top:
-            idx, scores = self.bm25.top([words(mention)], k)[0]
-            return [Candidate(self.ids[i], self.kb.get(self.ids[i]).name, float(s)) for i, s in zip(idx, scores)]
-        scores = self.bm25.scores([words(mention)])[0]
-        return [Candidate(self.ids[i], self.kb.get(self.ids[i]).name, float(scores[i]))
-                for i in top_indices(scores, k, positive=True)]
+            tops = self.bm25.top(queries, k)
+        else:
+            tops = []
+            for row in self.bm25.scores(queries):
+                idx = top_indices(row, k, positive=True)
+                tops.append((idx, row[idx]))
+        return [[Candidate(self.ids[i], self.kb.get(self.ids[i]).name, float(s)) for i, s in zip(idx, scores)]
+                for idx, scores in tops]

@@ -50,7 +50,8 @@ class BM25NameLinker(LinkerBase):
         return cls(parts.kb, top_k=spec.top_k or 10)
 
     def link(self, mentions: Sequence[Mention]) -> list[LinkResult]:
-        return [ranked_result(m, self.index.candidates(m.mention, self.top_k), self.name) for m in mentions]
+        lists = self.index.candidates_batch([m.mention for m in mentions], self.top_k)
+        return [ranked_result(m, cands, self.name) for m, cands in zip(mentions, lists)]
 
 
 class RetrievalLinker(LinkerBase):
