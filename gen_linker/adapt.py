@@ -11,7 +11,7 @@ turns them into a linker folder that `link`, `compare` and `serve` load, without
    old linker's and held near it (a quarter of the examples kept aside as dev, to report Top-1
    before and after and to keep the old model when the refit is worse); with `tune`, a LoRA
    update of the dense retriever's encoder on the same examples (within a time budget) is
-   tried as well and kept only where dev Top-1 rises.
+   tried as well, with the refitted fusion, and kept only where dev Top-1 rises.
 
 Everything is written to a temporary folder beside the output and moved into place at the end
 (`save_linker`): a killed `adapt` leaves no half-written linker, and the old linker's folder is
@@ -174,33 +174,32 @@ def _refit(spec, kb, examples: Sequence[Mention], work: Path, report: AdaptRepor
     best on the held-out quarter (ties keep the simpler)."""
     from .fusion import FusionConfig, FusionModel, examples_top1, fit
 
-    order = list(examples)
-    random.Random(seed).shuffle(order)
-    n_dev = max(4, round(DEV_SHARE * len(order)))
-    dev_ids = {m.id for m in order[:n_dev]}
-    report.fit_examples, report.dev_examples = len(order) - n_dev, n_dev
+    positions = list(range(len(examples)))      # by position: ids need not be unique
+    random.Random(seed).shuffle(positions)
+    n_dev = max(4, round(DEV_SHARE * len(positions)))
+    dev = set(positions[:n_dev])
+    report.fit_examples, report.dev_examples = len(positions) - n_dev, n_dev
     base = FusionModel.load(spec.rerank.fusion)
     config = FusionConfig(kind=base.kind, hidden=base.hidden, lr=0.003, anchor=0.01, patience=20, seed=seed)
 
-    def fitted(spec_now, name: str):
-        fit_ex, dev_ex = _split(_features(spec_now, kb, examples, base, progress), dev_ids)
-        if name == "refit":
-            report.dev_top1["base"] = examples_top1(base, dev_ex)
-        model, _ = fit(fit_ex, base.feature_names, config, init=base)
-        model.card = {**base.card, "adapted_on": len(fit_ex), "adapt_dev": len(dev_ex)}
-        report.dev_top1[name] = examples_top1(model, dev_ex)
-        return model
-
-    models = {"base": base, "refit": fitted(spec, "refit")}
+    fit_ex, dev_ex = _split(_features(spec, kb, examples, base, progress), dev)
+    report.dev_top1["base"] = examples_top1(base, dev_ex)
+    refit, _ = fit(fit_ex, base.feature_names, config, init=base)
+    refit.card = {**base.card, "adapted_on": len(fit_ex), "adapt_dev": len(dev_ex)}
+    report.dev_top1["refit"] = examples_top1(refit, dev_ex)
+    models = {"base": base, "refit": refit, "tuned": refit}
     specs = {"base": spec, "refit": spec}
     if tune:
-        encoder = _tune_encoder(spec, kb, [m for m in examples if m.id not in dev_ids], work / "biencoder",
+        # the tuned encoder is judged with the refit fusion as it is: a fusion refitted on features
+        # of the very examples the encoder was trained on would learn to over-trust them
+        encoder = _tune_encoder(spec, kb, [m for i, m in enumerate(examples) if i not in dev], work / "biencoder",
                                 max_minutes, seed, report, progress)
         specs["tuned"] = spec.merged({"candidates.encoder": str(encoder)})
-        models["tuned"] = fitted(specs["tuned"], "tuned")
+        _, tuned_dev = _split(_features(specs["tuned"], kb, examples, base, progress), dev)
+        report.dev_top1["tuned"] = examples_top1(refit, tuned_dev)
     # the refit over the base unless it is worse on dev; tuning only where it is strictly better
     chosen = "refit" if report.dev_top1["refit"] >= report.dev_top1["base"] else "base"
-    if "tuned" in models and report.dev_top1["tuned"] > report.dev_top1[chosen]:
+    if "tuned" in report.dev_top1 and report.dev_top1["tuned"] > report.dev_top1[chosen]:
         chosen = "tuned"
     report.chosen = chosen
     folder = work / "fusion"
@@ -220,9 +219,10 @@ def _features(spec, kb, examples: Sequence[Mention], base, progress: bool):
     return fusion_examples(linker, list(examples), progress=progress, desc="fusion features (examples)")
 
 
-def _split(fusion_examples, dev_ids: set[str]):
-    fit_ex = [e for e in fusion_examples if e.mention_id not in dev_ids]
-    dev_ex = [e for e in fusion_examples if e.mention_id in dev_ids]
+def _split(fusion_examples, dev: set[int]):
+    """(fit, dev) examples, `dev` holding the positions of the held-out ones."""
+    fit_ex = [e for i, e in enumerate(fusion_examples) if i not in dev]
+    dev_ex = [e for i, e in enumerate(fusion_examples) if i in dev]
     return fit_ex, dev_ex
 
 

@@ -164,6 +164,7 @@ def top_indices(scores: np.ndarray, k: int, positive: bool = False) -> np.ndarra
     k = min(k, len(scores))
     if k <= 0:
         return np.zeros(0, dtype=int)
-    top = np.argpartition(-scores, k - 1)[:k]
-    top = top[np.lexsort((top, -scores[top]))]
+    kth = -np.partition(-scores, k - 1)[k - 1]
+    top = np.flatnonzero(scores >= kth)        # every score tied with the k-th stays, so that
+    top = top[np.lexsort((top, -scores[top]))][:k]     # ties are broken by index, as promised
     return top[scores[top] > 0] if positive else top

@@ -75,7 +75,7 @@ class CandidateRetriever:
         if len(kb) >= (exact_below if exact_below is not None else ann_threshold()):
             from .ann import IVFIndex, default_nprobe
 
-            self.ann = IVFIndex.cached(self.entity_emb, kb.cache_dir(), text_digest(self.texts, self.encoder.path),
+            self.ann = IVFIndex.cached(self.entity_emb, kb.cache_dir(), text_digest(self.texts, self.encoder.cache_key or self.encoder.path),
                                        nprobe=nprobe or default_nprobe(), progress=show_progress)
 
     def bm25_rankings(self, mentions: Sequence[Mention]) -> list[np.ndarray]:

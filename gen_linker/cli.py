@@ -423,6 +423,8 @@ def cmd_train_fusion(args) -> int:
 def cmd_adapt(args) -> int:
     from .adapt import KB_DIR, adapt
 
+    if args.output.exists() and not args.output.is_dir():
+        raise GenLinkerError(f"--output {args.output} is a file: give a folder for the new linker")
     if args.output.exists() and any(args.output.iterdir()) and not args.overwrite:
         raise GenLinkerError(f"--output {args.output} exists and is not empty: give --overwrite to replace it")
     report = adapt(args.kb, args.examples, args.output, args.base, tune=args.tune, max_minutes=args.max_minutes,

@@ -105,6 +105,12 @@ def test_few_examples_are_a_pool_only(kb_folder, train_mentions, tmp_path):
     assert yaml.safe_load((tmp_path / "b" / "linker.yaml").read_text())["generative"]["demos"] is None
 
 
+def test_repeated_example_ids_are_split_by_position(kb_folder, train_mentions, tmp_path):
+    rows = [{**m.to_dict(), "id": "same"} for m in train_mentions[:20]]
+    report = adapt(kb_folder, write_jsonl(tmp_path / "dup.jsonl", rows), tmp_path / "d", progress=False)
+    assert (report.fit_examples, report.dev_examples) == (15, 5) and set(report.dev_top1) == {"base", "refit"}
+
+
 def test_tune_stops_at_its_time_budget(kb_folder, train_mentions, tmp_path):
     examples = write_jsonl(tmp_path / "few.jsonl", [m.to_dict() for m in train_mentions[:24]])
     report = adapt(kb_folder, examples, tmp_path / "t", tune=True, max_minutes=0.02, progress=False)

@@ -3,6 +3,7 @@ no model hub), over the example's small KB and paragraphs, with the packaged def
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -57,6 +58,31 @@ def test_extractor_in_a_vector_index(linking, documents):
         assert "entity_ids" in embedded and "'mention'" not in embedded
     marie = next(e for e in nodes[0].metadata["entities"] if e["mention"] == "Marie Curie")
     assert marie["id"] == "Q7186" and marie["name"] == "Marie Curie"
+    assert extractor.class_name() == "GenLinkerExtractor" and extractor.to_dict()["linking_id"] == linking.identity
+
+
+def test_flat_metadata_and_component_identity(linking, documents):
+    """flat=True: metadata a flat-only vector store accepts; the postprocessor reads it back.
+    Two linkings (another threshold) give components that an ingestion cache tells apart."""
+    from llama_index.core.vector_stores.utils import node_to_metadata_dict
+
+    nodes = SentenceSplitter(chunk_size=256, chunk_overlap=0).get_nodes_from_documents(documents)
+    out = GenLinkerExtractor(linking, flat=True)(nodes)
+    assert isinstance(out[0].metadata["entity_ids"], str) and "Q7186" in out[0].metadata["entity_ids"].split(",")
+    assert {e["id"] for e in json.loads(out[0].metadata["entities"])} == set(out[0].metadata["entity_ids"].split(","))
+    node_to_metadata_dict(out[0], flat_metadata=True)          # raises on nested metadata
+    hits = [NodeWithScore(node=n, score=0.0) for n in out]
+    kept = EntityNodePostprocessor(linking, mode="filter").postprocess_nodes(hits, QueryBundle("Pierre Curie"))
+    assert [n.node.metadata["paragraph"] for n in kept] == [1]
+    other = EntityLinking(linking.kb, linking.linker, min_confidence=0.9)
+    assert GenLinkerExtractor(other).to_dict() != GenLinkerExtractor(linking).to_dict()
+    sure = other.link_texts(["Paris and Paris Hilton met Marie Curie in Warsaw."])[0]
+    assert all(e.confidence >= 0.9 for e in sure) and len(sure) < len(linking.link_texts(
+        ["Paris and Paris Hilton met Marie Curie in Warsaw."])[0])
+    # the caller's exclusions are kept, `entities` added to them
+    node = TextNode(text="Marie Curie in Warsaw.", metadata={"source": "x"})
+    asyncio.run(GenLinkerExtractor(linking).aprocess_nodes([node], excluded_embed_metadata_keys=["source"]))
+    assert {"source", "entities"} <= set(node.excluded_embed_metadata_keys)
 
 
 def test_aextract_batches_across_nodes(linking, documents):

@@ -26,13 +26,14 @@ that an event loop is not blocked.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 try:
-    from llama_index.core.bridge.pydantic import PrivateAttr
+    from llama_index.core.bridge.pydantic import Field, PrivateAttr
     from llama_index.core.extractors import BaseExtractor
     from llama_index.core.graph_stores.types import KG_NODES_KEY, KG_RELATIONS_KEY, EntityNode, Relation
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
@@ -44,6 +45,7 @@ except ImportError as exc:   # pragma: no cover - depends on the extra
                       'pip install "gen-linker[llama-index]"') from exc
 
 from ..detect import gazetteer_for
+from ..encoders import text_digest
 from ..kb import KnowledgeBase
 from ..schema import Mention
 
@@ -76,6 +78,9 @@ class EntityLinking:
         self.min_confidence, self.case = min_confidence, case
         self.gazetteer = gazetteer_for(kb)
         self._lock = threading.Lock()     # one linker, possibly several event-loop threads
+        # what llama-index's ingestion cache should key on: the KB, the linker, the threshold
+        self.identity = f"kb={kb.fingerprint};linker={getattr(linker, 'name', type(linker).__name__)}" \
+                        f";min_confidence={min_confidence}"
 
     @classmethod
     def load(cls, kb: str | Path | KnowledgeBase, linker: Any = None, **kwargs) -> "EntityLinking":
@@ -84,8 +89,13 @@ class EntityLinking:
         default."""
         from ..loader import load_linker
 
+        from ..loader import read_spec
+
         kb = kb if isinstance(kb, KnowledgeBase) else KnowledgeBase.open(kb)
-        return cls(kb, load_linker(kb, linker), **kwargs)
+        spec = read_spec(linker)
+        made = cls(kb, load_linker(kb, spec), **kwargs)
+        made.identity += f";spec={text_digest([spec.to_yaml()])}"
+        return made
 
     def link_texts(self, texts: Sequence[str]) -> list[list[LinkedEntity]]:
         """Per text, its detected mentions linked (in text order), NIL answers left out. The
@@ -112,6 +122,12 @@ class EntityLinking:
     async def alink_texts(self, texts: Sequence[str]) -> list[list[LinkedEntity]]:
         return await asyncio.to_thread(self.link_texts, list(texts))
 
+    def ranked(self, text: str, entity: LinkedEntity) -> list[str]:
+        """The linker's ranked candidate ids for one linked mention of `text`."""
+        with self._lock:
+            r = self.linker.process_text(text, entity.mention, entity.start, entity.end)
+        return [c.entity_id for c in r.candidates]
+
     def node_name(self, entity_id: str) -> str:
         """The graph node name of an entity: "Name (QID)"."""
         return f"{self.kb.get(entity_id).name} ({entity_id})"
@@ -123,12 +139,15 @@ def _texts(nodes: Sequence[BaseNode]) -> list[str]:
 
 class _LinkingComponent(TransformComponent):
     """A llama-index transformation that holds an `EntityLinking` (not a pydantic field: it is
-    not serialisable, and one is shared by many components)."""
+    not serialisable, and one is shared by many components). `linking_id` names the KB, linker
+    and threshold, so that an ingestion cache keyed on the component's fields tells two apart.
+    Not for `IngestionPipeline(num_workers>1)`: the linker stays in this process (it batches)."""
 
+    linking_id: str = Field(default="", description="the KB, linker and threshold it links with")
     _linking: EntityLinking = PrivateAttr()
 
     def __init__(self, linking: EntityLinking, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(linking_id=linking.identity, **kwargs)
         self._linking = linking
 
     @classmethod
@@ -137,19 +156,31 @@ class _LinkingComponent(TransformComponent):
 
 
 class GenLinkerExtractor(BaseExtractor, _LinkingComponent):
-    """Node metadata `entities` (the linked mentions) and `entity_ids` (distinct ids, in order)."""
+    """Node metadata `entities` (the linked mentions) and `entity_ids` (distinct ids, in order).
+    `flat=True`: both as strings (`entities` JSON, `entity_ids` comma-separated), for vector
+    stores that take flat metadata only (e.g. Chroma)."""
+
+    flat: bool = Field(default=False, description="entities as a JSON string, entity_ids comma-separated")
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "GenLinkerExtractor"
 
     async def aextract(self, nodes: Sequence[BaseNode]) -> List[Dict]:
         found = await self._linking.alink_texts(_texts(nodes))
-        return [{"entities": [e.to_dict() for e in ents], "entity_ids": list(dict.fromkeys(e.id for e in ents))}
-                for ents in found]
+        out = []
+        for ents in found:
+            entities, ids = [e.to_dict() for e in ents], list(dict.fromkeys(e.id for e in ents))
+            out.append({"entities": json.dumps(entities), "entity_ids": ",".join(ids)} if self.flat
+                       else {"entities": entities, "entity_ids": ids})
+        return out
 
     async def aprocess_nodes(self, nodes: Sequence[BaseNode], excluded_embed_metadata_keys=None,
                              excluded_llm_metadata_keys=None, **kwargs: Any) -> List[BaseNode]:
-        """As the base class, but the long `entities` list is kept out of what is embedded and
-        what the LLM reads (the short `entity_ids` stay)."""
-        return await super().aprocess_nodes(nodes, excluded_embed_metadata_keys or ["entities"],
-                                            excluded_llm_metadata_keys or ["entities"], **kwargs)
+        """As the base class, but the long `entities` list is also kept out of what is embedded
+        and what the LLM reads (the short `entity_ids` stay)."""
+        return await super().aprocess_nodes(nodes, [*(excluded_embed_metadata_keys or []), "entities"],
+                                            [*(excluded_llm_metadata_keys or []), "entities"], **kwargs)
 
 
 class GenLinkerGraphExtractor(_LinkingComponent):
@@ -198,16 +229,14 @@ class KBEntityRetriever(BaseRetriever):
         return self._entries(query_bundle.query_str, ents)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> List[NodeWithScore]:
-        ents = (await self._linking.alink_texts([query_bundle.query_str]))[0]
-        return self._entries(query_bundle.query_str, ents)
+        return await asyncio.to_thread(self._retrieve, query_bundle)
 
     def _entries(self, query: str, ents: list[LinkedEntity]) -> List[NodeWithScore]:
         kb, out, seen = self._linking.kb, [], set()
         for e in ents:
             ids = [e.id]
             if self._candidates > 1:
-                r = self._linking.linker.process_text(query, e.mention, e.start, e.end)
-                ids += [c.entity_id for c in r.candidates if c.entity_id != e.id][: self._candidates - 1]
+                ids += [c for c in self._linking.ranked(query, e) if c != e.id][: self._candidates - 1]
             for rank, eid in enumerate(ids):
                 if eid in seen:
                     continue
@@ -219,6 +248,11 @@ class KBEntityRetriever(BaseRetriever):
                 score = e.confidence if e.confidence is not None else e.score
                 out.append(NodeWithScore(node=node, score=(score if rank == 0 else None)))
         return out
+
+
+def _ids(value) -> set[str]:
+    """`entity_ids` metadata as a set: a list, or the comma-separated string of `flat=True`."""
+    return {v for v in value.split(",") if v} if isinstance(value, str) else set(value)
 
 
 class EntityNodePostprocessor(BaseNodePostprocessor):
@@ -253,7 +287,7 @@ class EntityNodePostprocessor(BaseNodePostprocessor):
         linked = dict(zip((id(n) for n in unlabelled), self._linking.link_texts(_texts([n.node for n in unlabelled]))))
         out = []
         for n in nodes:
-            ids = set(n.node.metadata["entity_ids"]) if id(n) not in linked else {e.id for e in linked[id(n)]}
+            ids = _ids(n.node.metadata["entity_ids"]) if id(n) not in linked else {e.id for e in linked[id(n)]}
             shared = len(ids & wanted)
             if self.mode == "filter":
                 if shared:
