@@ -189,6 +189,8 @@ def _refit(spec, kb, examples: Sequence[Mention], work: Path, report: AdaptRepor
     report.dev_top1["refit"] = examples_top1(refit, dev_ex)
     models = {"base": base, "refit": refit, "tuned": refit}
     specs = {"base": spec, "refit": spec}
+    cache = kb.cache_dir()
+    cached_before = set(cache.iterdir()) if cache.is_dir() else set()
     if tune:
         # the tuned encoder is judged with the refit fusion as it is: a fusion refitted on features
         # of the very examples the encoder was trained on would learn to over-trust them
@@ -202,6 +204,9 @@ def _refit(spec, kb, examples: Sequence[Mention], work: Path, report: AdaptRepor
     if "tuned" in report.dev_top1 and report.dev_top1["tuned"] > report.dev_top1[chosen]:
         chosen = "tuned"
     report.chosen = chosen
+    if tune and chosen != "tuned":      # the tuned encoder's KB embeddings (and index) are not needed
+        for path in set(cache.iterdir()) - cached_before:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     folder = work / "fusion"
     models[chosen].save(folder)
     return specs[chosen].merged({"rerank.fusion": str(folder)})

@@ -118,6 +118,8 @@ def test_tune_stops_at_its_time_budget(kb_folder, train_mentions, tmp_path):
     assert report.tune_s is not None and report.tune_stopped_at_step is not None
     spec = yaml.safe_load((tmp_path / "t" / "linker.yaml").read_text())
     assert (spec["candidates"]["encoder"] == "biencoder") == (report.chosen == "tuned")
+    # the KB embeddings of an encoder that was not kept do not stay in the folder
+    assert len(list((tmp_path / "t" / "kb" / "cache").glob("emb-*.npy"))) == 1 + (report.chosen == "tuned")
     load_linker(tmp_path / "t" / "kb", tmp_path / "t").link(datasets.load(SAMPLE / "test.jsonl", "jsonl").valid[:3])
 
 
