@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from gen_linker import datasets
+from gen_linker import datasets, load_linker
 from gen_linker.discriminative_training import DiscriminativeTrainConfig, train_discriminative
 from gen_linker.hardware import machine_line
 from gen_linker.kb import KnowledgeBase
@@ -53,7 +53,9 @@ def main() -> int:
     kb = KnowledgeBase.from_jsonl(bench / "entities.jsonl")
     train, dev, test = (datasets.load(bench / f"{s}.jsonl").valid for s in ("train", "dev", "test"))
     vision = VisionEncoder.from_config(seed=0)
-    rows = []
+    bm25 = load_linker(kb, {"linker": "bm25"}).link(test)     # the baseline, on the same test mentions
+    top1 = sum(r.entity_id == m.gold for r, m in zip(bm25, test)) / len(test)
+    rows = [{"model": "BM25 over names", "inputs": "text only", "top1": top1, "top1_per_seed": [top1], "train_s": 0.0}]
     for model_name, arch, inputs, grid in RUNS:
         top1s, seconds = [], []
         for seed in [int(s) for s in args.seeds.split(",")]:
