@@ -88,6 +88,7 @@ def bm25_row(mentions: int) -> str:
     """The table row of BM25 over names on the same first `mentions` of the seeded sample
     (no dtype, no backend: the baseline every accuracy above is read against)."""
     from gen_linker import datasets, load_linker
+    from gen_linker.evaluation import top1
     from wikimel import WIKIMEL, seeded_sample
 
     test = datasets.load(WIKIMEL, split="test")
@@ -96,16 +97,15 @@ def bm25_row(mentions: int) -> str:
     t0 = time.perf_counter()
     results = linker.link(sample)
     rate = len(sample) / (time.perf_counter() - t0)
-    top1 = sum(r.entity_id == m.gold for r, m in zip(results, sample)) / len(sample)
-    return f"| any | bm25 | - | {mentions} | {rate:.0f} | - | {top1:.3f} | - | - | BM25 over names, {time.strftime('%Y-%m-%d')} |"
+    return f"| any | bm25 | - | {mentions} | {rate:.0f} | - | {top1(results, sample):.3f} | - | - | BM25 over names, {time.strftime('%Y-%m-%d')} |"
 
 
 def add_bm25_rows(table: Path) -> None:
     """Put a BM25 row for each mention count of the table's runs at the table's end (replacing
     earlier BM25 rows)."""
     lines = [x for x in table.read_text().splitlines() if not x.startswith("| any | bm25 |")]
-    rows = [i for i, x in enumerate(lines) if x.startswith("| ") and not x.startswith("| processor kind")
-            and "## Reading" not in "\n".join(lines[:i])]
+    end = next((i for i, x in enumerate(lines) if x.startswith("## Reading")), len(lines))
+    rows = [i for i in range(end) if lines[i].startswith("| ") and not lines[i].startswith("| processor kind")]
     counts = sorted({int(lines[i].split("|")[4]) for i in rows if lines[i].split("|")[4].strip().isdigit()},
                     reverse=True)
     last = rows[-1]

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from gen_linker import datasets, load_linker
+from gen_linker.evaluation import top1
 from gen_linker.discriminative_training import DiscriminativeTrainConfig, train_discriminative
 from gen_linker.hardware import machine_line
 from gen_linker.kb import KnowledgeBase
@@ -54,8 +55,8 @@ def main() -> int:
     train, dev, test = (datasets.load(bench / f"{s}.jsonl").valid for s in ("train", "dev", "test"))
     vision = VisionEncoder.from_config(seed=0)
     bm25 = load_linker(kb, {"linker": "bm25"}).link(test)     # the baseline, on the same test mentions
-    top1 = sum(r.entity_id == m.gold for r, m in zip(bm25, test)) / len(test)
-    rows = [{"model": "BM25 over names", "inputs": "text only", "top1": top1, "top1_per_seed": [top1], "train_s": 0.0}]
+    base = top1(bm25, test)
+    rows = [{"model": "BM25 over names", "inputs": "text only", "top1": base, "top1_per_seed": [base], "train_s": 0.0}]
     for model_name, arch, inputs, grid in RUNS:
         top1s, seconds = [], []
         for seed in [int(s) for s in args.seeds.split(",")]:
@@ -69,7 +70,7 @@ def main() -> int:
             seconds.append(time.perf_counter() - t0)
             linker = linker_class(arch)(kb, model, featurizer, num_candidates=3 * args.groups, top_k=3)
             results = linker.link(test)
-            top1s.append(sum(r.entity_id == m.gold for r, m in zip(results, test)) / len(test))
+            top1s.append(top1(results, test))
         rows.append({"model": model_name, "inputs": inputs, "top1": sum(top1s) / len(top1s), "top1_per_seed": top1s,
                      "train_s": sum(seconds) / len(seconds)})
         print(rows[-1], flush=True)

@@ -23,6 +23,7 @@ import numpy as np
 
 from gen_linker import datasets
 from gen_linker.datasets.disjoint import entity_disjoint
+from gen_linker.evaluation import top1
 from gen_linker.features import DemoPool, feature_names
 from gen_linker.fusion import FusionConfig, examples_top1, fit
 from gen_linker.hardware import machine_line
@@ -58,7 +59,7 @@ def main() -> int:
     from gen_linker.loader import load_linker
 
     bm25 = load_linker(kb, {"linker": "bm25"}).link(test)
-    bm25_top1 = float(np.mean([r.entity_id == m.gold for r, m in zip(bm25, test)]))
+    bm25_top1 = top1(bm25, test)
     retrieval_top1 = float(np.mean([e.gold == 0 for e in test_ex]))     # candidates come in fused-rank order
     recall = float(np.mean([e.gold is not None for e in test_ex]))
     rows = []

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from gen_linker import datasets, load_linker
+from gen_linker.evaluation import top1
 from gen_linker.fusion import expected_calibration_error
 from gen_linker.hardware import machine_line
 from gen_linker.kb import KnowledgeBase
@@ -80,7 +81,7 @@ def main() -> int:
     hit = [r.entity_id == m.gold for r, m in zip(full, test)]
     ece = expected_calibration_error(conf, hit)
     bm25 = load_linker(ds.kb, {"linker": "bm25"}).link(test)          # the baseline, same mentions
-    bm25_top1 = float(np.mean([r.entity_id == m.gold for r, m in zip(bm25, test)]))
+    bm25_top1 = top1(bm25, test)
     curves = {}
     for name, mentions, seed in (("dev", dev, args.seed + 1), ("test", test, args.seed)):
         kb, gone = removed_kb(ds.kb, mentions, args.share, seed)

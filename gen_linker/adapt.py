@@ -30,6 +30,7 @@ from typing import Sequence
 
 import yaml
 
+from .datasets.jsonl import write_mentions
 from .errors import GenLinkerError
 from .schema import Mention
 
@@ -98,7 +99,7 @@ def adapt(kb: str | Path, examples: str | Path | None, output: str | Path, base:
     """Write a linker folder for the KB `kb` (entities JSONL or KB folder) at `output`, starting
     from the linker folder `base` (None: the packaged default) with `examples` as its pool."""
     from .kb import KnowledgeBase
-    from .loader import DEFAULT_LINKER, read_spec, save_linker
+    from .loader import DEFAULT_LINKER, load_linker, read_spec, save_linker, warm_caches
 
     t0 = time.perf_counter()
     output = Path(output)
@@ -124,12 +125,12 @@ def adapt(kb: str | Path, examples: str | Path | None, output: str | Path, base:
         report.examples = len(kept)
         overrides = {"generative.demos": None, "generative.demos_split": None}
         if kept:
-            _write_mentions(kept, work / EXAMPLES)
+            write_mentions(kept, work / EXAMPLES)
             overrides.update({"generative.demos": str(work / EXAMPLES), "generative.demos_format": "jsonl"})
         spec = spec.merged(overrides)
         if spec.linker == "fused" and len(kept) >= MIN_REFIT:
             spec = _refit(spec, new_kb, kept, work, report, tune, max_minutes, seed, progress)
-        _prepare(new_kb, spec, progress)
+        warm_caches(load_linker(new_kb, spec, n_mentions=1, progress=progress), new_kb)
         report.wall_s = time.perf_counter() - t0
         card = work / CARD
         card.write_text(yaml.safe_dump({"kb": str(kb), "examples": str(examples) if examples else None,
@@ -148,24 +149,6 @@ def _build_kb(source, path: Path, folder: Path, progress: bool) -> Path:
     if path.is_dir() and (path / "cache").is_dir():
         shutil.copytree(path / "cache", folder / "cache")
     return folder
-
-
-def _prepare(kb, spec, progress: bool) -> None:
-    """Link one mention so that every cache the linker reads (BM25, tries, dense embeddings of
-    the entities) is built into the KB folder now, not at the first `link`."""
-    from .loader import load_linker
-
-    name = kb.names()[0]
-    load_linker(kb, spec, n_mentions=1, progress=progress).link(
-        [Mention(id="prepare", text=name, mention=name, start=0, end=len(name))])
-
-
-def _write_mentions(mentions: Sequence[Mention], path: Path) -> None:
-    import json
-
-    with path.open("w", encoding="utf-8") as f:
-        for m in mentions:
-            f.write(json.dumps(m.to_dict(), ensure_ascii=False) + "\n")
 
 
 def _refit(spec, kb, examples: Sequence[Mention], work: Path, report: AdaptReport, tune: bool,
@@ -197,8 +180,9 @@ def _refit(spec, kb, examples: Sequence[Mention], work: Path, report: AdaptRepor
         encoder = _tune_encoder(spec, kb, [m for i, m in enumerate(examples) if i not in dev], work / "biencoder",
                                 max_minutes, seed, report, progress)
         specs["tuned"] = spec.merged({"candidates.encoder": str(encoder)})
-        _, tuned_dev = _split(_features(specs["tuned"], kb, examples, base, progress), dev)
-        report.dev_top1["tuned"] = examples_top1(refit, tuned_dev)
+        held_out = [examples[i] for i in sorted(dev)]
+        report.dev_top1["tuned"] = examples_top1(refit, _features(specs["tuned"], kb, examples, base, progress,
+                                                                  of=held_out))
     # the refit over the base unless it is worse on dev; tuning only where it is strictly better
     chosen = "refit" if report.dev_top1["refit"] >= report.dev_top1["base"] else "base"
     if "tuned" in report.dev_top1 and report.dev_top1["tuned"] > report.dev_top1[chosen]:
@@ -212,8 +196,9 @@ def _refit(spec, kb, examples: Sequence[Mention], work: Path, report: AdaptRepor
     return specs[chosen].merged({"rerank.fusion": str(folder)})
 
 
-def _features(spec, kb, examples: Sequence[Mention], base, progress: bool):
-    """The examples' fusion features, each computed with the others as the labelled pool."""
+def _features(spec, kb, examples: Sequence[Mention], base, progress: bool, of: Sequence[Mention] | None = None):
+    """The fusion features of the examples (or of those in `of`), each computed with the other
+    examples as the labelled pool."""
     from .features import DemoPool
     from .linkers.fused import FusedLinker, fusion_examples
     from .loader import LinkerParts
@@ -221,7 +206,8 @@ def _features(spec, kb, examples: Sequence[Mention], base, progress: bool):
     parts = LinkerParts(kb, spec, n_mentions=len(examples), progress=progress)
     parts.pool = DemoPool(examples, parts.similarity_encoder, leave_one_out=True)
     linker = FusedLinker.from_spec(spec, parts, fusion=base)
-    return fusion_examples(linker, list(examples), progress=progress, desc="fusion features (examples)")
+    return fusion_examples(linker, list(examples if of is None else of), progress=progress,
+                           desc="fusion features (examples)")
 
 
 def _split(fusion_examples, dev: set[int]):

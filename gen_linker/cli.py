@@ -298,6 +298,7 @@ def cmd_disjoint_split(args) -> int:
 
 def cmd_build_kb(args) -> int:
     from .kb import KnowledgeBase
+    from .loader import warm_caches
 
     progress = not args.no_progress
     kb = KnowledgeBase.from_jsonl(args.entities, progress=progress)
@@ -307,8 +308,7 @@ def cmd_build_kb(args) -> int:
     if args.prepare:
         t0 = time.perf_counter()
         linker = make_linker(args, kb, 1)
-        name = kb.names()[0]   # one mention links through every part: lazily built caches too
-        linker.link([Mention(id="prepare", text=name, mention=name, start=0, end=len(name))])
+        warm_caches(linker, kb)
         cache = kb.cache_dir()
         files = sorted(cache.glob("*")) if cache.is_dir() else []
         size = sum(f.stat().st_size for f in files if f.is_file())

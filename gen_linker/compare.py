@@ -41,6 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
+from .datasets.jsonl import mentions_text, write_mentions
 from .errors import GenLinkerError
 from .spec import LinkerSpec, SpecError
 
@@ -171,11 +172,8 @@ def sample_mentions(suite: Suite):
         print(f"compare: warning: {len(missing)} sampled mention(s) have a gold id not in the KB "
               f"(e.g. {missing[0]}); they count as misses", file=sys.stderr)
     path = folder / "mentions.jsonl"
-    text = "".join(json.dumps(m.to_dict(), ensure_ascii=False) + "\n" for m in mentions)
-    if not path.exists() or path.read_text() != text:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    if not path.exists() or path.read_text() != mentions_text(mentions):
+        write_mentions(mentions, path)
     return mentions, kb_path, len(ds.valid), len(kb)
 
 

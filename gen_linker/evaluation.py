@@ -84,6 +84,12 @@ def read_predictions(path: str | Path) -> dict[str, dict]:
     return out
 
 
+def top1(results: Iterable, mentions: Iterable) -> float:
+    """The share of `mentions` whose result (same order) names their gold entity; 0 for none."""
+    hits = [r.entity_id == m.gold for r, m in zip(results, mentions)]
+    return sum(hits) / len(hits) if hits else 0.0
+
+
 def gold_of(mentions: Iterable) -> dict[str, str]:
     """id -> gold entity id of the mentions that have one (error records are skipped)."""
     return {m.id: m.gold for m in mentions if getattr(m, "gold", None) is not None}

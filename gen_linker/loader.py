@@ -254,6 +254,16 @@ ARTEFACTS = {"dim.folder": ("dim", ("dim.yaml", "dim.safetensors")),
              "rerank.fusion": ("fusion", ("fusion.yaml", "fusion.safetensors"))}
 
 
+def warm_caches(linker, kb: KnowledgeBase) -> None:
+    """Link one mention (a name of the KB) so that every cache the linker builds on first use
+    (BM25 matrix, name trie, entity embeddings, an ANN index) exists now, in the KB's cache
+    folder, and not at the first real mention (`build-kb --prepare`, `adapt`)."""
+    from .schema import Mention
+
+    name = kb.names()[0]
+    linker.link([Mention(id="prepare", text=name, mention=name, start=0, end=len(name))])
+
+
 def save_linker(spec: LinkerSpec, folder: str | Path, extra: Mapping[str, str | Path] | None = None,
                 bundle: Mapping[str, str] | None = None) -> Path:
     """Write a saved linker folder: the spec's trained artefacts (a DIM, an adapter) copied in,

@@ -275,6 +275,7 @@ def sample_check(spec, mentions: int = 100) -> dict:
     """Top-1 of the linker on the first mentions of the bundled WikiMEL sample (its train
     mentions as demonstrations, float32): what the shipped default is tested against."""
     from . import datasets
+    from .evaluation import top1
     from .kb import KnowledgeBase
     from .loader import load_linker
 
@@ -284,7 +285,7 @@ def sample_check(spec, mentions: int = 100) -> dict:
     checked = spec.merged({"backend.dtype": "float32", "generative.demos": str(sample / "train.jsonl")})
     results = load_linker(kb, checked).link(test)
     return {"mentions": len(test), "dtype": "float32", "demos": "the bundled sample's train mentions",
-            "top1": sum(r.entity_id == m.gold for r, m in zip(results, test)) / len(test)}
+            "top1": top1(results, test)}
 
 
 def copy_tree(source: Path, target: Path) -> None:

@@ -18,6 +18,7 @@ import torch
 
 from .checkpoints import TrainReport, has_state, read_state, write_state
 from .errors import GenLinkerError
+from .evaluation import top1
 from .linkers.generative import GenerativeLinker, image_refs
 from .lora import lora_parameters
 from .mapper import LinearMapper
@@ -109,7 +110,7 @@ def train_mapper(linker: GenerativeLinker, train: Sequence[Mention], dev: Sequen
 @torch.no_grad()
 def dev_top1(linker: GenerativeLinker, dev: Sequence[Mention]) -> float:
     results = linker.link(list(dev))
-    return float(np.mean([r.entity_id == m.gold for r, m in zip(results, dev)])) if dev else 0.0
+    return top1(results, dev)
 
 
 def _save_weights(folder: Path, mapper: LinearMapper, lora: dict[str, torch.Tensor]) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..schema import Mention
+from .jsonl import write_mentions
 
 NEW_SHARE = 0.2
 SEED = 0
@@ -66,17 +67,12 @@ def write_split(split: DisjointSplit, folder: str | Path, shots: Sequence[int] =
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
 
-    def dump(name: str, mentions: Sequence[Mention]) -> None:
-        tmp = folder / f".{name}.tmp"
-        tmp.write_text("".join(json.dumps(m.to_dict(), ensure_ascii=False) + "\n" for m in mentions))
-        tmp.replace(folder / name)
-
     for name in ("train", "dev", "test_new", "pool"):
-        dump(f"{name}.jsonl", getattr(split, name))
+        write_mentions(getattr(split, name), folder / f"{name}.jsonl")
     for k in shots:
         examples = split.shots(k)
-        dump(f"shots-{k}.jsonl", examples)
-        dump(f"train+shots-{k}.jsonl", [*split.train, *examples])     # a few-shot run's labelled pool
+        write_mentions(examples, folder / f"shots-{k}.jsonl")
+        write_mentions([*split.train, *examples], folder / f"train+shots-{k}.jsonl")     # a few-shot run's labelled pool
     counts = {**split.counts(), "shots": list(shots)}
     (folder / "split.json").write_text(json.dumps(counts, indent=2) + "\n")
     return counts

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from ..errors import RecordError
 from ..schema import Mention
@@ -58,3 +59,16 @@ def read_mentions(path: str | Path) -> Iterator[Mention | RecordError]:
             except RecordError as err:
                 yield err
 
+
+def mentions_text(mentions: Iterable[Mention]) -> str:
+    """Mentions as gen-linker JSONL text, one object per line."""
+    return "".join(json.dumps(m.to_dict(), ensure_ascii=False) + "\n" for m in mentions)
+
+
+def write_mentions(mentions: Iterable[Mention], path: str | Path) -> Path:
+    """Write mentions as JSONL through a temporary file moved into place (never half a file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(mentions_text(mentions), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
