@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_linker_flags(b)
     b.set_defaults(func=cmd_build_kb)
 
-    t = sub.add_parser("train", help="train an image-mapper adapter from a recipe (LLM and vision encoder frozen)")
+    t = sub.add_parser("train", help="train what a recipe says (task images: the image mapper; choose: the LLM's "
+                                     "choosing LoRA; linker: rerankers + fusion into a linker folder)")
     t.add_argument("--recipe", type=Path, required=True, help="adapters/NAME.yaml (see adapters/README.md)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
@@ -436,9 +437,9 @@ def cmd_adapt(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .recipes import recipe_task
+    from .recipes import check_recipe
 
-    task = recipe_task(args.recipe)
+    task = check_recipe(args.recipe)       # keys and values checked before any data or model is loaded
     if task == "choose":
         from .recipes import train_choose_recipe
 

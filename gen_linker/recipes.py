@@ -156,18 +156,13 @@ LINKER_KEYS = {"task", "name", "data", "kb", "train", "dev", "output", "llm", "d
                "sample_check_mentions"}
 
 
-def train_linker_recipe(path: str | Path, progress: bool = True) -> tuple[Path, dict]:
-    """Train every part of a fused linker as the recipe says and write the saved linker folder;
-    each part is kept in `output.parts/` so that a rerun skips the finished ones."""
+def linker_configs(recipe: dict, where: str) -> tuple:
+    """The (bi-encoder, cross-encoder, choose, fusion) training configs of a linker recipe, each
+    None when the recipe leaves that part out (fusion: always); unknown keys are errors."""
     from .fusion import FusionConfig
     from .llm_training import ChoiceTrainConfig
-    from .loader import save_linker
-    from .rerankers import RerankerConfig, read_card, train_reranker
-    from .spec import LinkerSpec
+    from .rerankers import RerankerConfig
 
-    path = Path(path)
-    recipe = _read(path)
-    where = f"recipe {path}"
     unknown = set(recipe) - LINKER_KEYS
     if unknown:
         raise GenLinkerError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(LINKER_KEYS))}")
@@ -178,6 +173,45 @@ def train_linker_recipe(path: str | Path, progress: bool = True) -> tuple[Path, 
                       f"{where}: crossencoder") if recipe.get("crossencoder") else None
     ch_conf = _config(ChoiceTrainConfig, recipe.get("choose"), f"{where}: choose") if recipe.get("choose") else None
     fu_conf = _config(FusionConfig, recipe.get("fusion") or {}, f"{where}: fusion")
+    return bi_conf, ce_conf, ch_conf, fu_conf
+
+
+def check_recipe(path: str | Path) -> str:
+    """Check a recipe's keys and values without loading data or models (so that a typo fails in
+    a second, not after an hour of training); returns its task."""
+    from .llm_training import ChoiceTrainConfig
+
+    path = Path(path)
+    task = recipe_task(path)
+    recipe, where = _read(path), f"recipe {path}"
+    if task == "images":
+        from .adapters import load_recipe
+
+        load_recipe(path)
+    elif task == "choose":
+        _config(ChoiceTrainConfig, {k: v for k, v in recipe.items() if k not in CHOOSE_KEYS}, where)
+    else:
+        linker_configs(recipe, where)
+    if task != "images" and not recipe.get("data") and not (recipe.get("kb") and recipe.get("train")):
+        raise GenLinkerError(f"{where} lacks kb and train (or data)")
+    if recipe.get("data"):
+        unknown = set(recipe["data"]) - DATA_KEYS
+        if unknown:
+            raise GenLinkerError(f"{where}: data has unknown key(s) {', '.join(sorted(unknown))}")
+    return task
+
+
+def train_linker_recipe(path: str | Path, progress: bool = True) -> tuple[Path, dict]:
+    """Train every part of a fused linker as the recipe says and write the saved linker folder;
+    each part is kept in `output.parts/` so that a rerun skips the finished ones."""
+    from .loader import save_linker
+    from .rerankers import read_card, train_reranker
+    from .spec import LinkerSpec
+
+    path = Path(path)
+    recipe = _read(path)
+    where = f"recipe {path}"
+    bi_conf, ce_conf, ch_conf, fu_conf = linker_configs(recipe, where)
     data = RecipeData(recipe, path.parent, where)
     output = Path(_resolve(path.parent, recipe.get("output", path.stem)))
     work = output.with_name(output.name + ".parts")
