@@ -68,6 +68,20 @@ def _config(cls, values: dict | None, where: str):
     return cls(**values)
 
 
+def check_data(recipe: dict, where: str) -> None:
+    """A recipe names its data as `data: {path, format, holdout_new_entities, seed}` or as
+    `kb` + `train` paths: unknown `data` keys and a missing part are errors."""
+    data = recipe.get("data")
+    if data:
+        unknown = set(data) - DATA_KEYS
+        if unknown:
+            raise GenLinkerError(f"{where}: data has unknown key(s) {', '.join(sorted(unknown))}")
+        return
+    missing = [key for key in ("kb", "train") if not recipe.get(key)]
+    if missing:
+        raise GenLinkerError(f"{where} lacks {' and '.join(missing)} (or data)")
+
+
 class RecipeData:
     """The KB, training and dev mentions a recipe names."""
 
@@ -75,11 +89,9 @@ class RecipeData:
         from . import datasets
         from .kb import KnowledgeBase
 
+        check_data(recipe, where)
         data = recipe.get("data")
         if data:
-            unknown = set(data) - DATA_KEYS
-            if unknown:
-                raise GenLinkerError(f"{where}: data has unknown key(s) {', '.join(sorted(unknown))}")
             path, fmt = _resolve(base, data["path"]), data.get("format", "auto")
             parts = {s: datasets.load(path, fmt, s) for s in ("train", "dev", "test")}
             if parts["test"].kb is None and not recipe.get("kb"):
@@ -96,9 +108,6 @@ class RecipeData:
                                                           f"(entity-disjoint split, seed {data.get('seed', 0)})"
                                                           if share else "")
         else:
-            for key in ("kb", "train"):
-                if not recipe.get(key):
-                    raise GenLinkerError(f"{where} lacks {key} (or data)")
             self.kb = KnowledgeBase.open(_resolve(base, recipe["kb"]))
             self.train = datasets.load(_resolve(base, recipe["train"])).valid
             self.dev = datasets.load(_resolve(base, recipe["dev"])).valid if recipe.get("dev") else []
@@ -109,14 +118,19 @@ class RecipeData:
 CHOOSE_KEYS = {"task", "name", "data", "kb", "train", "dev", "output", "llm", "prompt", "dtype", "description"}
 
 
-def train_choose_recipe(path: str | Path, progress: bool = True) -> tuple[Path, dict]:
-    """Train the choosing LoRA a recipe describes; the adapter folder and its card."""
+def choose_config(recipe: dict, where: str):
+    """A choose recipe's training config: its keys other than CHOOSE_KEYS (unknown ones named)."""
     from .llm_training import ChoiceTrainConfig
 
+    return _config(ChoiceTrainConfig, {k: v for k, v in recipe.items() if k not in CHOOSE_KEYS}, where)
+
+
+def train_choose_recipe(path: str | Path, progress: bool = True) -> tuple[Path, dict]:
+    """Train the choosing LoRA a recipe describes; the adapter folder and its card."""
     path = Path(path)
     recipe = _read(path)
     where = f"recipe {path}"
-    config = _config(ChoiceTrainConfig, {k: v for k, v in recipe.items() if k not in CHOOSE_KEYS}, where)
+    config = choose_config(recipe, where)
     data = RecipeData(recipe, path.parent, where)
     output = Path(_resolve(path.parent, recipe.get("output", path.stem)))
     card = train_choose(data, config, output, recipe.get("llm"), recipe.get("prompt", "choose"),
@@ -179,8 +193,6 @@ def linker_configs(recipe: dict, where: str) -> tuple:
 def check_recipe(path: str | Path) -> str:
     """Check a recipe's keys and values without loading data or models (so that a typo fails in
     a second, not after an hour of training); returns its task."""
-    from .llm_training import ChoiceTrainConfig
-
     path = Path(path)
     task = recipe_task(path)
     recipe, where = _read(path), f"recipe {path}"
@@ -188,16 +200,12 @@ def check_recipe(path: str | Path) -> str:
         from .adapters import load_recipe
 
         load_recipe(path)
-    elif task == "choose":
-        _config(ChoiceTrainConfig, {k: v for k, v in recipe.items() if k not in CHOOSE_KEYS}, where)
+        return task
+    if task == "choose":
+        choose_config(recipe, where)
     else:
         linker_configs(recipe, where)
-    if task != "images" and not recipe.get("data") and not (recipe.get("kb") and recipe.get("train")):
-        raise GenLinkerError(f"{where} lacks kb and train (or data)")
-    if recipe.get("data"):
-        unknown = set(recipe["data"]) - DATA_KEYS
-        if unknown:
-            raise GenLinkerError(f"{where}: data has unknown key(s) {', '.join(sorted(unknown))}")
+    check_data(recipe, where)
     return task
 
 

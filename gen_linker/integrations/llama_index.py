@@ -87,9 +87,7 @@ class EntityLinking:
         """`kb`: a KB folder, an entities JSONL file or a `KnowledgeBase`; `linker`: a saved
         linker folder (e.g. from `gen-linker adapt`), a spec YAML or dict, None for the packaged
         default."""
-        from ..loader import load_linker
-
-        from ..loader import read_spec
+        from ..loader import load_linker, read_spec
 
         kb = kb if isinstance(kb, KnowledgeBase) else KnowledgeBase.open(kb)
         spec = read_spec(linker)
