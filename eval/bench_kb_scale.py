@@ -16,9 +16,11 @@ Per size, into --work/kb-N (kept between runs: a rerun reuses what is built):
   names + aliases, the name trie for the packaged SmolLM2 tokenizer, MiniLM entity embeddings
   (resumable: a killed run continues from its last 20k chunk; ~2 h at 1M on 2 cores, built
   once), the faiss IVF index (from --exact-below entities); folder size per part.
-- linking: mentions/s of the `bm25` linker and of the `retrieval` linker (BM25 + dense, rank
-  fusion) on the mention sample, in chunks of 64 as the batch does; per-mention cost against
-  the smallest size; recall@10/100 of the retriever (and of BM25 alone).
+- linking: mentions/s of the `bm25` linker (its default top 10, and top 100; top 10 also with
+  the sparse product, the baseline of the early-stopping top-k) and of the `retrieval` linker
+  (BM25 + dense, rank fusion, top 100) on the mention sample, in chunks of 64 as the batch
+  does; per-mention cost against the smallest size; recall@10/100 of the retriever (and of
+  BM25 alone).
 - memory: one worker process, then two at once, each loading the retrieval linker and the
   trie from the folder and linking 64 mentions: RSS, PSS and USS (psutil), and the PSS of the
   KB's cache files mapped into it (counted once across workers when shared).
@@ -160,12 +162,16 @@ def smollm2_tokenizer():
 
 
 # -------------------------------------------------------------------------- linking
-def link_speed(folder: Path, mentions, linker_name: str, exact_below: int) -> dict:
+def link_speed(folder: Path, mentions, linker_name: str, exact_below: int, top_k: int = 100,
+               bm25_kernel: bool = True) -> dict:
+    """Mentions/s of `linker_name` returning `top_k` candidates, and the recall of those; with
+    `bm25_kernel` False, BM25's top-k comes from the sparse product (the baseline)."""
     from gen_linker.candidates import recall_at
     from gen_linker.loader import load_linker
 
     os.environ["GEN_LINKER_EXACT_BELOW"] = str(exact_below)
-    linker, load_s = timed(lambda: load_linker(folder, {"linker": linker_name, "top_k": 100}))
+    os.environ["GEN_LINKER_BM25_KERNEL"] = "1" if bm25_kernel else "0"
+    linker, load_s = timed(lambda: load_linker(folder, {"linker": linker_name, "top_k": top_k}))
     linker.link(mentions[:16])                                   # warm-up: lazy parts, first batch
     results, link_s = timed(lambda: [r for i in range(0, len(mentions), 64) for r in linker.link(mentions[i: i + 64])])
     cands = [r.candidates for r in results]
@@ -265,7 +271,9 @@ def main() -> int:
         dense = size <= args.dense_up_to
         row = build(size, source, folder, dense, exact_below)
         row["ann"] = dense and size >= exact_below
-        row["bm25"] = link_speed(folder, mentions, "bm25", exact_below)
+        row["bm25"] = link_speed(folder, mentions, "bm25", exact_below, top_k=10)       # the linker's default
+        row["bm25_product"] = link_speed(folder, mentions, "bm25", exact_below, top_k=10, bm25_kernel=False)
+        row["bm25_100"] = link_speed(folder, mentions, "bm25", exact_below, top_k=100)
         if dense:
             row["retrieval"] = link_speed(folder, mentions, "retrieval", exact_below)
         if not args.skip_memory:
@@ -304,16 +312,21 @@ def table(meta: dict, rows: list[dict]) -> str:
     lines += ["", "`-` under embeddings / ANN: not built at this size (`--dense-up-to`, `--exact-below`), or the "
               "embeddings were built by an earlier run (resumable, reused) and are not timed again.", "",
               "## Linking (one process, chunks of 64 mentions)", "",
-              "| entities | dense | bm25 mentions/s | bm25 cost vs smallest | retrieval mentions/s | retrieval cost vs "
-              "smallest | recall@10 (retrieval) | recall@100 (retrieval) | recall@10 (bm25) |", "|---" * 9 + "|"]
+              "BM25's top-k: early stopping over impact-ordered postings (gen_linker/bm25_kernel.py, numba); "
+              "'sparse product' is the path before it (and without numba), measured in the same run.", "",
+              "| entities | dense | bm25 top-10 mentions/s | cost vs smallest | bm25 top-10, sparse product | "
+              "kernel speed-up | bm25 top-100 mentions/s | cost vs smallest | retrieval mentions/s (top 100) | "
+              "cost vs smallest | recall@10 (retrieval) | recall@100 (retrieval) | recall@10 (bm25) |", "|---" * 13 + "|"]
+    cost = lambda r, key: r[key]["ms_per_mention"] / base[key]["ms_per_mention"]  # noqa: E731
     for r in rows:
-        b, d = r["bm25"], r.get("retrieval")
-        bd = base.get("retrieval")
+        b, p, h, d = r["bm25"], r["bm25_product"], r["bm25_100"], r.get("retrieval")
         lines.append(f"| {r['entities']:,} | {'ANN' if r['ann'] else ('exact' if d else 'none')} | "
-                     f"{b['mentions_per_s']:.1f} | {b['ms_per_mention'] / base['bm25']['ms_per_mention']:.2f}x | "
-                     + (f"{d['mentions_per_s']:.1f} | " + (f"{d['ms_per_mention'] / bd['ms_per_mention']:.2f}x" if bd else "-")
+                     f"{b['mentions_per_s']:,.0f} | {cost(r, 'bm25'):.2f}x | {p['mentions_per_s']:,.0f} | "
+                     f"{p['ms_per_mention'] / b['ms_per_mention']:.2f}x | {h['mentions_per_s']:,.0f} | "
+                     f"{cost(r, 'bm25_100'):.2f}x | "
+                     + (f"{d['mentions_per_s']:.1f} | " + (f"{cost(r, 'retrieval'):.2f}x" if base.get("retrieval") else "-")
                         + f" | {d['recall@10']:.3f} | {d['recall@100']:.3f}" if d else "- | - | - | -")
-                     + f" | {b['recall@10']:.3f} |")
+                     + f" | {h['recall@10']:.3f} |")
     if any("memory_1" in r for r in rows):
         lines += ["", "## Memory of linker workers (MiB; PSS shares a page among the processes mapping it)", "",
                   "| entities | linker | 1 worker RSS | 1 worker PSS | 1 worker USS | KB arrays PSS (1 worker) | "

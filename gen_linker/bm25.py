@@ -8,6 +8,10 @@ word, so the weights are stored once in a sparse (documents x words) matrix and 
 queries (word counts) is one sparse product. Same formula and constants as `BM25Okapi`
 (k1 1.5, b 0.75, idf floored at epsilon x the average idf), so the scores agree with
 rank_bm25's to rounding (tested).
+
+Each word's postings are kept best weight first (and a documents x words copy beside them) so
+that `top` can stop early in large KBs (`bm25_kernel`); the product does not care about the
+order within a row.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from typing import Sequence
 import numpy as np
 from scipy import sparse
 
+from . import bm25_kernel
 from .arrayfiles import load_arrays, save_arrays
 
 
@@ -43,7 +48,9 @@ class BM25Index:
         norm = k1 * (1 - b + b * doc_len / doc_len.mean())
         weights = idf[cols] * (tfs * (k1 + 1) / (tfs + norm[rows]))
         # words x documents, so that a query batch (queries x words) times it is the score matrix
-        self.weights = sparse.csr_matrix((weights, (cols, rows)), shape=(len(self.vocab), len(documents)))
+        self.weights = impact_ordered(sparse.csr_matrix((weights, (cols, rows)),
+                                                        shape=(len(self.vocab), len(documents))))
+        self.forward = self.weights.T.tocsr()        # documents x words: a document's full score
 
     @staticmethod
     def _idf(doc_freq: np.ndarray, n_docs: int, epsilon: float) -> np.ndarray:
@@ -78,8 +85,15 @@ class BM25Index:
 
     def top(self, queries: Sequence[Sequence[str]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """(document indices, scores) of each query's k best documents with a score > 0, best
-        first, ties by index; from the sparse product, never a dense `[queries, documents]`
-        matrix (8 MB per query at a million documents)."""
+        first, ties by index; never a dense `[queries, documents]` matrix (8 MB per query at a
+        million documents). With numba, only the postings that can still change the top k are
+        read (`bm25_kernel`); else the sparse product. Both give the same results."""
+        if bm25_kernel.enabled():
+            return bm25_kernel.top_impact(self.query_matrix(queries), self.weights, self.forward, k)
+        return self.top_product(queries, k)
+
+    def top_product(self, queries: Sequence[Sequence[str]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`top` from the sparse product of the queries with every posting of their words."""
         product = (self.query_matrix(queries) @ self.weights).tocsr()
         out = []
         for row in range(product.shape[0]):
@@ -104,9 +118,10 @@ class BM25Index:
         order = np.argsort(hashes, kind="stable")
         if len(hashes) > 1 and (np.diff(hashes[order]) == 0).any():
             raise ValueError("two vocabulary words share a 64-bit hash; this index cannot be saved")
-        w = self.weights
+        w, f = self.weights, self.forward
         return save_arrays(path, {"data": w.data, "indices": w.indices, "indptr": w.indptr,
                                   "shape": np.array(w.shape, dtype=np.int64),
+                                  "forward_data": f.data, "forward_indices": f.indices, "forward_indptr": f.indptr,
                                   "word_hash": hashes[order], "word_column": columns[order]})
 
     @classmethod
@@ -115,9 +130,23 @@ class BM25Index:
         z = load_arrays(path, mmap_mode=mmap_mode)
         index = cls.__new__(cls)
         index.vocab = HashedVocabulary(z["word_hash"], z["word_column"])
-        index.weights = sparse.csr_matrix((z["data"], z["indices"], z["indptr"]),
-                                          shape=tuple(int(x) for x in z["shape"]), copy=False)
+        shape = tuple(int(x) for x in z["shape"])
+        index.weights = sparse.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=shape, copy=False)
+        if "forward_indptr" in z:
+            index.forward = sparse.csr_matrix((z["forward_data"], z["forward_indices"], z["forward_indptr"]),
+                                              shape=shape[::-1], copy=False)
+        else:                    # saved before postings were kept best first: order them here
+            index.weights = impact_ordered(index.weights)
+            index.forward = index.weights.T.tocsr()
         return index
+
+
+def impact_ordered(matrix: sparse.csr_matrix) -> sparse.csr_matrix:
+    """`matrix` with each row's entries sorted by value, highest first (ties by column)."""
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    order = np.lexsort((matrix.indices, -matrix.data, rows))
+    return sparse.csr_matrix((matrix.data[order], matrix.indices[order], matrix.indptr.copy()),
+                             shape=matrix.shape)
 
 
 def word_hash(word: str) -> int:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .encoders import SentenceEncoder, text_digest
 from .errors import GenLinkerError
 from .kb import KnowledgeBase
+from . import bm25_kernel
 from .bm25 import BM25Index, top_indices, words
 from .schema import Candidate, Mention
 
@@ -215,7 +216,7 @@ def name_bm25(kb: KnowledgeBase) -> BM25Index:
     is kept in its cache (`bm25-names-*.npz`) and read back memory-mapped."""
     path = None
     if kb.folder is not None:
-        path = kb.cache_dir() / f"bm25-names-{kb.fingerprint}-{_alias_digest(kb)}.npz"
+        path = kb.cache_dir() / f"bm25-names-{kb.fingerprint}-{_alias_digest(kb)}-impact.npz"   # best postings first
         if path.exists():
             return BM25Index.load(path)
     index = BM25Index([words(" ".join((e.name, *e.aliases))) or ["_"] for e in kb])
@@ -238,8 +239,12 @@ class BM25NameIndex:
     def __init__(self, kb: KnowledgeBase, exact_below: int | None = None) -> None:
         self.kb = kb
         self.ids = [e.id for e in kb]
+        self.names = [e.name for e in kb]      # by row: a million-entity KB's id lookups cost more
         self.bm25 = name_bm25(kb)
-        self.sparse_top = len(kb) >= (exact_below if exact_below is not None else ann_threshold())
+        # the early-stopping top-k (numba) is the fastest at every size; without it, the
+        # sparse product from `exact_below` entities and full score rows below
+        self.sparse_top = bm25_kernel.enabled() or len(kb) >= (exact_below if exact_below is not None
+                                                                  else ann_threshold())
 
     def candidates(self, mention: str, k: int = 10) -> list[Candidate]:
         return self.candidates_batch([mention], k)[0]
@@ -255,5 +260,6 @@ class BM25NameIndex:
             for row in self.bm25.scores(queries):
                 idx = top_indices(row, k, positive=True)
                 tops.append((idx, row[idx]))
-        return [[Candidate(self.ids[i], self.kb.get(self.ids[i]).name, float(s)) for i, s in zip(idx, scores)]
+        ids, names = self.ids, self.names
+        return [[Candidate(ids[i], names[i], s) for i, s in zip(idx.tolist(), scores.tolist())]
                 for idx, scores in tops]

@@ -37,3 +37,59 @@ def test_tiny_corpus_still_scores_matches():
 def test_empty_corpus_is_an_error():
     with pytest.raises(ValueError, match="at least one document"):
         BM25Index([])
+
+
+def _dense_top(index, queries, k):
+    """The definition of `top`: the k best positive scores of the full score matrix, ties by index."""
+    from gen_linker.bm25 import top_indices
+
+    out = []
+    for row in index.scores(queries):
+        idx = top_indices(row, k, positive=True)
+        out.append((idx, row[idx]))
+    return out
+
+
+def _assert_same_tops(got, want):
+    assert len(got) == len(want)
+    for (gi, gs), (wi, ws) in zip(got, want):
+        assert gi.tolist() == wi.tolist()
+        assert gs.tolist() == ws.tolist()        # bit-identical, not merely close
+
+
+@settings(max_examples=80, deadline=None)
+@given(docs=st.lists(st.lists(WORDS, min_size=1, max_size=5), min_size=1, max_size=40),
+       queries=st.lists(st.lists(WORDS | st.just("unknown"), max_size=5), min_size=1, max_size=5),
+       k=st.integers(1, 12))
+def test_top_is_the_exact_top_k(docs, queries, k, tmp_path_factory):
+    """The early-stopping top-k (impact-ordered postings) returns exactly the k best documents
+    of the full score matrix, ties by index, with the product's scores to the bit; also from an
+    index saved and memory-mapped, and from one saved before postings were kept best first.
+    A vocabulary of nine words makes ties at the k-th score the common case."""
+    index = BM25Index(docs)
+    want = _dense_top(index, queries, k)
+    _assert_same_tops(index.top(queries, k), want)
+    _assert_same_tops(index.top_product(queries, k), want)
+    path = index.save(tmp_path_factory.mktemp("bm25") / "index.npz")
+    _assert_same_tops(BM25Index.load(path).top(queries, k), want)
+    old = dict(np.load(path))
+    for key in ("forward_data", "forward_indices", "forward_indptr"):
+        del old[key]
+    shuffled = np.random.default_rng(0).permutation(len(old["data"]))   # any order within a row
+    order = np.lexsort((shuffled, np.repeat(np.arange(len(old["indptr"]) - 1), np.diff(old["indptr"]))))
+    old["data"], old["indices"] = old["data"][order], old["indices"][order]
+    np.savez(path, **old)
+    _assert_same_tops(BM25Index.load(path).top(queries, k), want)
+
+
+def test_top_of_a_large_index_stops_early_and_stays_exact():
+    """Thousands of documents sharing a common word, a few with a rare one: the top-k of a
+    query with both words is the product's, for k below and above the rare word's documents."""
+    rng = np.random.default_rng(0)
+    first = ["john", "mary", "george", "anne"]
+    docs = [[first[i % 4], f"name{rng.integers(0, 300)}"] + (["smith"] if i % 97 == 0 else []) for i in range(5000)]
+    index = BM25Index(docs)
+    queries = [["john", "smith"], ["mary"], ["name7", "anne", "smith"], ["nobody"]]
+    for k in (1, 10, 60, 200):
+        _assert_same_tops(index.top(queries, k), index.top_product(queries, k))
+        _assert_same_tops(index.top(queries, k), _dense_top(index, queries, k))
