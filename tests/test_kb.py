@@ -63,3 +63,22 @@ def test_schema_round_trips():
     assert Mention.from_dict(m.to_dict()) == m
     r = LinkResult("m", "Q1", "A", -0.5, [Candidate("Q1", "A", -0.5)])
     assert LinkResult.from_dict(r.to_dict()) == r
+
+
+def test_a_large_kb_is_kept_out_of_gc_scans(tmp_path, monkeypatch):
+    """From FREEZE_FROM entities a loaded KB's objects go to the GC's permanent generation
+    (full collections would otherwise walk a million entities); a small one is left alone."""
+    import gc
+
+    from gen_linker import kb as kb_module
+
+    path = write_jsonl(tmp_path / "e.jsonl", ENTITIES)
+    gc.unfreeze()
+    try:
+        KnowledgeBase.open(path)
+        assert gc.get_freeze_count() == 0
+        monkeypatch.setattr(kb_module, "FREEZE_FROM", len(ENTITIES))
+        loaded = KnowledgeBase.open(path)
+        assert gc.get_freeze_count() > 0 and len(loaded) == len(ENTITIES)
+    finally:
+        gc.unfreeze()
