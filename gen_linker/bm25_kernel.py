@@ -6,7 +6,7 @@ allocates two arrays as long as the KB per call; at a million names a common fir
 tens of thousands of postings, so the per-mention cost grew ~5x from 10k to 1M entities.
 Here each word's postings are sorted by weight (best first), so after k documents are found
 the remaining postings of every word can be bounded: once no unseen document can reach the
-k-th best score the query stops. A document is scored in full the first time it is seen, from
+k-th best score the query stops (a one-word query is just its first k postings). A document is scored in full the first time it is seen, from
 the forward (document -> words) index, adding its words' weights in the query's word order,
 the order the sparse product adds them in: the scores are bit-identical to the product's, and
 ties at the k-th score are broken by document index as `BM25Index.top` promises (tested
@@ -37,6 +37,14 @@ def enabled() -> bool:
 def _worse(s_a: float, d_a: int, s_b: float, d_b: int) -> bool:
     """Does (score a, doc a) rank below (score b, doc b)? Lower score, or a tie and a higher index."""
     return s_a < s_b or (s_a == s_b and d_a > d_b)
+
+
+def _power_of_two(x: float) -> bool:
+    """Is x (a query word's count) a power of two? Multiplying by one is exact."""
+    if x < 1 or x != np.floor(x) or x > 2.0 ** 52:
+        return False
+    n = np.int64(x)
+    return (n & (n - 1)) == 0
 
 
 def _sift_down(heap_s, heap_d, size, i) -> None:
@@ -84,6 +92,20 @@ def _top_impact(q_indptr, q_indices, q_data, indptr, indices, data, f_indptr, f_
     for q in range(len(q_indptr) - 1):
         lo, hi = q_indptr[q], q_indptr[q + 1]
         n_terms = hi - lo
+        if n_terms == 1 and _power_of_two(q_data[lo]):
+            # One word: a document's score is count x weight, and multiplying by a power of two
+            # keeps the postings' order exactly, so the top k are the first k postings (best
+            # weight first, ties by index), however many documents tie with the k-th.
+            w, v = q_indices[lo], q_data[lo]
+            n = 0
+            for p in range(indptr[w], min(indptr[w] + k, indptr[w + 1])):
+                if data[p] <= 0:            # a word in half the documents has idf 0: no match
+                    break
+                out_docs[q, n] = indices[p]
+                out_scores[q, n] = v * data[p]
+                n += 1
+            out_n[q] = n
+            continue
         bound = np.zeros(n_terms)            # per query word: the most an unseen posting can add
         for t in range(n_terms):
             w = q_indices[lo + t]
@@ -138,12 +160,13 @@ def _kernel():
     """`_top_impact` compiled by numba (once per process; numba's cache under __pycache__ makes
     later processes load it instead of compiling, ~5 s the first time). The helpers are
     replaced by their compiled versions in this module, where the compiled loop finds them."""
-    global _compiled, _worse, _sift_down, _push
+    global _compiled, _worse, _sift_down, _push, _power_of_two
     with _compile_lock:
         if _compiled is None:
             from numba import njit
 
             _worse = njit(cache=True, nogil=True, inline="always")(_worse)
+            _power_of_two = njit(cache=True, nogil=True)(_power_of_two)
             _sift_down = njit(cache=True, nogil=True)(_sift_down)
             _push = njit(cache=True, nogil=True)(_push)
             _compiled = njit(cache=True, nogil=True)(_top_impact)
