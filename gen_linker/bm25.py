@@ -48,9 +48,13 @@ class BM25Index:
         norm = k1 * (1 - b + b * doc_len / doc_len.mean())
         weights = idf[cols] * (tfs * (k1 + 1) / (tfs + norm[rows]))
         # words x documents, so that a query batch (queries x words) times it is the score matrix
-        self.weights = impact_ordered(sparse.csr_matrix((weights, (cols, rows)),
-                                                        shape=(len(self.vocab), len(documents))))
-        self.forward = self.weights.T.tocsr()        # documents x words: a document's full score
+        self._set_postings(sparse.csr_matrix((weights, (cols, rows)), shape=(len(self.vocab), len(documents))))
+
+    def _set_postings(self, weights: sparse.csr_matrix) -> None:
+        """The (words x documents) weights with each word's postings best first, and their
+        (documents x words) copy, from which a document's full score is read."""
+        self.weights = impact_ordered(weights)
+        self.forward = self.weights.T.tocsr()
 
     @staticmethod
     def _idf(doc_freq: np.ndarray, n_docs: int, epsilon: float) -> np.ndarray:
@@ -136,8 +140,7 @@ class BM25Index:
             index.forward = sparse.csr_matrix((z["forward_data"], z["forward_indices"], z["forward_indptr"]),
                                               shape=shape[::-1], copy=False)
         else:                    # saved before postings were kept best first: order them here
-            index.weights = impact_ordered(index.weights)
-            index.forward = index.weights.T.tocsr()
+            index._set_postings(index.weights)
         return index
 
 
