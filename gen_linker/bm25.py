@@ -9,7 +9,7 @@ queries (word counts) is one sparse product. Same formula and constants as `BM25
 (k1 1.5, b 0.75, idf floored at epsilon x the average idf), so the scores agree with
 rank_bm25's to rounding (tested).
 
-Each word's postings are kept best weight first (and a documents x words copy beside them) so
+Each word's postings are kept best weight first (and a copy sorted by document beside them) so
 that `top` can stop early in large KBs (`bm25_kernel`); the product does not care about the
 order within a row.
 """
@@ -51,10 +51,10 @@ class BM25Index:
         self._set_postings(sparse.csr_matrix((weights, (cols, rows)), shape=(len(self.vocab), len(documents))))
 
     def _set_postings(self, weights: sparse.csr_matrix) -> None:
-        """The (words x documents) weights with each word's postings best first, and their
-        (documents x words) copy, from which a document's full score is read."""
+        """The (words x documents) weights with each word's postings best first, and the same
+        sorted by document, in which the kernel looks up a document's other words."""
         self.weights = impact_ordered(weights)
-        self.forward = self.weights.T.tocsr()
+        self.by_doc = by_document(self.weights)
 
     @staticmethod
     def _idf(doc_freq: np.ndarray, n_docs: int, epsilon: float) -> np.ndarray:
@@ -68,14 +68,14 @@ class BM25Index:
         return idf
 
     def query_matrix(self, queries: Sequence[Sequence[str]]) -> sparse.csr_matrix:
-        """`[queries, words]` counts of each query's known words (unknown words score nothing)."""
-        rows, cols, counts = [], [], []
-        for row, query in enumerate(queries):
-            for word, n in Counter(w for w in query if w in self.vocab).items():
-                rows.append(row)
-                cols.append(self.vocab[word])
-                counts.append(n)
-        return sparse.csr_matrix((np.array(counts, dtype=np.float64), (rows, cols)),
+        """`[queries, words]` counts of each query's known words (unknown words score nothing),
+        each row's words by column (the order scores are added in). All the batch's words are
+        looked up at once: one lookup call per word cost more than BM25's top-k itself."""
+        cols = vocabulary_columns(self.vocab, [w for q in queries for w in q])
+        rows = np.repeat(np.arange(len(queries)), [len(q) for q in queries])
+        known = cols >= 0
+        # duplicates (a word twice in a query) are summed into its count
+        return sparse.csr_matrix((np.ones(int(known.sum())), (rows[known], cols[known])),
                                  shape=(len(queries), len(self.vocab)))
 
     @property
@@ -93,7 +93,7 @@ class BM25Index:
         million documents). With numba, only the postings that can still change the top k are
         read (`bm25_kernel`); else the sparse product. Both give the same results."""
         if bm25_kernel.enabled():
-            return bm25_kernel.top_impact(self.query_matrix(queries), self.weights, self.forward, k)
+            return bm25_kernel.top_impact(self.query_matrix(queries), self.weights, self.by_doc, k)
         return self.top_product(queries, k)
 
     def top_product(self, queries: Sequence[Sequence[str]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -122,10 +122,10 @@ class BM25Index:
         order = np.argsort(hashes, kind="stable")
         if len(hashes) > 1 and (np.diff(hashes[order]) == 0).any():
             raise ValueError("two vocabulary words share a 64-bit hash; this index cannot be saved")
-        w, f = self.weights, self.forward
+        w, b = self.weights, self.by_doc
         return save_arrays(path, {"data": w.data, "indices": w.indices, "indptr": w.indptr,
                                   "shape": np.array(w.shape, dtype=np.int64),
-                                  "forward_data": f.data, "forward_indices": f.indices, "forward_indptr": f.indptr,
+                                  "by_doc_data": b.data, "by_doc_indices": b.indices,
                                   "word_hash": hashes[order], "word_column": columns[order]})
 
     @classmethod
@@ -136,10 +136,9 @@ class BM25Index:
         index.vocab = HashedVocabulary(z["word_hash"], z["word_column"])
         shape = tuple(int(x) for x in z["shape"])
         index.weights = sparse.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=shape, copy=False)
-        if "forward_indptr" in z:
-            index.forward = sparse.csr_matrix((z["forward_data"], z["forward_indices"], z["forward_indptr"]),
-                                              shape=shape[::-1], copy=False)
-        else:                    # saved before postings were kept best first: order them here
+        if "by_doc_indices" in z:
+            index.by_doc = sparse.csr_matrix((z["by_doc_data"], z["by_doc_indices"], z["indptr"]), shape=shape, copy=False)
+        else:                    # saved by an older version: order the postings here
             index._set_postings(index.weights)
         return index
 
@@ -150,6 +149,14 @@ def impact_ordered(matrix: sparse.csr_matrix) -> sparse.csr_matrix:
     order = np.lexsort((matrix.indices, -matrix.data, rows))
     return sparse.csr_matrix((matrix.data[order], matrix.indices[order], matrix.indptr.copy()),
                              shape=matrix.shape)
+
+
+def by_document(matrix: sparse.csr_matrix) -> sparse.csr_matrix:
+    """`matrix` with each row's entries sorted by column (same row pointers)."""
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    order = np.lexsort((matrix.indices, rows))
+    return sparse.csr_matrix((matrix.data[order], matrix.indices[order], matrix.indptr),
+                             shape=matrix.shape, copy=False)
 
 
 def word_hash(word: str) -> int:
@@ -173,6 +180,14 @@ class HashedVocabulary:
     def __contains__(self, word: str) -> bool:
         return self._find(word) >= 0
 
+    def columns_of(self, words_: Sequence[str]) -> np.ndarray:
+        """The column of each word (-1: not in the vocabulary), in one search."""
+        h = np.fromiter((word_hash(w) for w in words_), dtype=np.uint64, count=len(words_))
+        if not len(self.hashes):
+            return np.full(len(h), -1, dtype=np.int64)
+        i = np.minimum(np.searchsorted(self.hashes, h), len(self.hashes) - 1)
+        return np.where(self.hashes[i] == h, self.columns[i], -1).astype(np.int64)
+
     def __getitem__(self, word: str) -> int:
         col = self._find(word)
         if col < 0:
@@ -181,6 +196,13 @@ class HashedVocabulary:
 
     def __len__(self) -> int:
         return len(self.hashes)
+
+
+def vocabulary_columns(vocab, words_: Sequence[str]) -> np.ndarray:
+    """Each word's column in `vocab` (a dict, or a `HashedVocabulary`), -1 for unknown words."""
+    if isinstance(vocab, HashedVocabulary):
+        return vocab.columns_of(words_)
+    return np.fromiter((vocab.get(w, -1) for w in words_), dtype=np.int64, count=len(words_))
 
 
 _WORD = re.compile(r"\w+")

@@ -216,7 +216,7 @@ def name_bm25(kb: KnowledgeBase) -> BM25Index:
     is kept in its cache (`bm25-names-*.npz`) and read back memory-mapped."""
     path = None
     if kb.folder is not None:
-        path = kb.cache_dir() / f"bm25-names-{kb.fingerprint}-{_alias_digest(kb)}-impact.npz"   # best postings first
+        path = kb.cache_dir() / f"bm25-names-{kb.fingerprint}-{_alias_digest(kb)}-bydoc.npz"   # best postings first, and by document
         if path.exists():
             return BM25Index.load(path)
     index = BM25Index([words(" ".join((e.name, *e.aliases))) or ["_"] for e in kb])

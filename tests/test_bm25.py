@@ -1,8 +1,11 @@
 """The sparse BM25 index against rank_bm25's BM25Okapi, the reference it reimplements."""
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from gen_linker import bm25_kernel
 from gen_linker.bm25 import BM25Index
 
 rank_bm25 = pytest.importorskip("rank_bm25")
@@ -59,7 +62,7 @@ def _assert_same_tops(got, want):
 
 @settings(max_examples=80, deadline=None)
 @given(docs=st.lists(st.lists(WORDS, min_size=1, max_size=5), min_size=1, max_size=40),
-       queries=st.lists(st.lists(WORDS | st.just("unknown"), max_size=5), min_size=1, max_size=5),
+       queries=st.lists(st.lists(WORDS | st.just("unknown"), max_size=8), min_size=1, max_size=5),
        k=st.integers(1, 12))
 def test_top_is_the_exact_top_k(docs, queries, k, tmp_path_factory):
     """The early-stopping top-k (impact-ordered postings) returns exactly the k best documents
@@ -70,16 +73,29 @@ def test_top_is_the_exact_top_k(docs, queries, k, tmp_path_factory):
     want = _dense_top(index, queries, k)
     _assert_same_tops(index.top(queries, k), want)
     _assert_same_tops(index.top_product(queries, k), want)
+    with planning_always():
+        _assert_same_tops(index.top(queries, k), want)
     path = index.save(tmp_path_factory.mktemp("bm25") / "index.npz")
     _assert_same_tops(BM25Index.load(path).top(queries, k), want)
     old = dict(np.load(path))
-    for key in ("forward_data", "forward_indices", "forward_indptr"):
+    for key in ("by_doc_data", "by_doc_indices"):
         del old[key]
     shuffled = np.random.default_rng(0).permutation(len(old["data"]))   # any order within a row
     order = np.lexsort((shuffled, np.repeat(np.arange(len(old["indptr"]) - 1), np.diff(old["indptr"]))))
     old["data"], old["indices"] = old["data"][order], old["indices"][order]
     np.savez(path, **old)
     _assert_same_tops(BM25Index.load(path).top(queries, k), want)
+
+
+@contextlib.contextmanager
+def planning_always():
+    """The kernel's planner (which word to read next) even for a few postings, as in a large KB."""
+    saved = bm25_kernel.PLAN_FROM
+    bm25_kernel.PLAN_FROM = 0
+    try:
+        yield
+    finally:
+        bm25_kernel.PLAN_FROM = saved
 
 
 def test_top_of_a_large_index_stops_early_and_stays_exact():
@@ -89,7 +105,11 @@ def test_top_of_a_large_index_stops_early_and_stays_exact():
     first = ["john", "mary", "george", "anne"]
     docs = [[first[i % 4], f"name{rng.integers(0, 300)}"] + (["smith"] if i % 97 == 0 else []) for i in range(5000)]
     index = BM25Index(docs)
-    queries = [["john", "smith"], ["mary"], ["name7", "anne", "smith"], ["nobody"]]
+    queries = [["john", "smith"], ["mary"], ["name7", "anne", "smith"], ["nobody"],
+               ["george", "john", "name3", "name250", "anne", "smith"], ["mary", "name12", "name12"]]
     for k in (1, 10, 60, 200):
-        _assert_same_tops(index.top(queries, k), index.top_product(queries, k))
-        _assert_same_tops(index.top(queries, k), _dense_top(index, queries, k))
+        want = _dense_top(index, queries, k)
+        _assert_same_tops(index.top_product(queries, k), want)
+        _assert_same_tops(index.top(queries, k), want)
+        with planning_always():
+            _assert_same_tops(index.top(queries, k), want)
