@@ -10,7 +10,8 @@ scale:
 - strings: the mention equals the name / an alias, all its words are in the name, it is the
   name's last word, how much of the name the sentence contains, name length;
 - descriptions (Wikidata-style `Sex: ... Birth: 1885 ... Death: 1978`, as WikiMEL's; absent
-  fields give 0): years in the sentence against the entity's life span, gender cues against
+  fields give 0): years in the sentence against the entity's life span (within it allowing for
+  posthumous depictions; alive in every year; years after the death), gender cues against
   `Sex`, words shared by sentence and description, description length (a popularity proxy);
 - the demonstration pool (the labelled examples given at link time: the training set, or a new
   KB's few examples): how often the entity is a gold answer there, the share of the mention's
@@ -35,7 +36,7 @@ from .schema import Mention
 BASE_FEATURES = (
     "bm25_rel", "bm25_rrank", "bm25_top", "dense_rel", "dense_rrank", "fused_rrank",
     "exact", "alias", "mention_in_name", "last_word", "name_in_text", "name_words",
-    "year_fit", "year_miss", "gender", "desc_overlap", "desc_len",
+    "year_fit", "year_miss", "alive", "after_death", "gender", "desc_overlap", "desc_len",
     "pool_count", "pool_surface", "pool_knn",
 )
 RERANKERS = ("ce", "llm", "dim")
@@ -133,6 +134,19 @@ def year_fit(text_years: Sequence[int], birth: int | None, death: int | None) ->
     return float(max(-1.0, 1.0 - min(gaps) / 20.0) if min(gaps) else 1.0), 0.0
 
 
+def life_cues(text_years: Sequence[int], birth: int | None, death: int | None) -> tuple[float, float]:
+    """(alive, after_death): 1 when the entity was alive (and at least 5) in every year the
+    sentence names; the years from its death to the sentence's earliest year (/50, at most 1).
+    Why beside `year_fit`: that one forgives 50 years after a death (statues, stamps), but a
+    caption such as "Lennon performing ... in 2013" names the living (WikiMEL's errors are mostly
+    surnames in captions like it). Both 0 without a year or a birth."""
+    if not text_years or birth is None:
+        return 0.0, 0.0
+    alive = float(all(birth + 5 <= y <= (death if death is not None else 2030) for y in text_years))
+    after = max(0, min(text_years) - death) if death is not None else 0
+    return alive, min(after, 50) / 50.0
+
+
 def _gender_cue(text: str) -> int:
     ws = set(words(text))
     f, m = len(ws & _FEMALE), len(ws & _MALE)
@@ -174,6 +188,7 @@ def candidate_features(mention: Mention, cands: Sequence[CandidateInfo], kb: Kno
             aliases |= {n.strip().lower() for n in nick.group(1).split(",")}
         birth, death = _life(desc)
         fit, miss = year_fit(text_years, birth, death)
+        alive, after_death = life_cues(text_years, birth, death)
         sex = _SEX.search(desc)
         gender = 0.0
         if sex and cue:
@@ -192,7 +207,7 @@ def candidate_features(mention: Mention, cands: Sequence[CandidateInfo], kb: Kno
             float(bool(mention_words) and bool(name_words) and mention_words[-1] == name_words[-1]),
             (sum(w[:5] in text_prefixes for w in name_words) / len(name_words)) if name_words else 0.0,
             min(len(name_words), 6) / 6.0,
-            fit, miss, gender,
+            fit, miss, alive, after_death, gender,
             min(len(desc_words & text_content), 5) / 5.0,
             math.log1p(len(desc.split())) / 5.0,
             math.log1p(pool.count.get(ent.id, 0) - (own or {}).get(ent.id, 0)) if pool is not None else 0.0,

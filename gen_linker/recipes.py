@@ -287,7 +287,7 @@ def train_linker_recipe(path: str | Path, progress: bool = True) -> tuple[Path, 
                                  pool=data.train)
         return {"report": {k: v for k, v in report.__dict__.items() if k != "mention_ids"}}
 
-    step("fusion", (folder / "fusion.yaml").exists(), fuse)
+    step("fusion", _fusion_current(folder, spec), fuse)
     spec = spec.merged({"rerank.fusion": str(folder)})
     check = sample_check(spec, recipe.get("sample_check_mentions", 100))
     card = {"name": recipe.get("name", path.stem), "recipe": _recipe_ref(path), "description": recipe.get("description"),
@@ -299,6 +299,19 @@ def train_linker_recipe(path: str | Path, progress: bool = True) -> tuple[Path, 
     card_path.write_text(yaml.safe_dump(card, sort_keys=False))
     save_linker(spec, output, extra={"card.yaml": card_path})
     return output, card
+
+
+def _fusion_current(folder: Path, spec) -> bool:
+    """Is the fusion a previous run left in `folder` fitted on this version's features (for the
+    spec's rerankers)? A fusion from before features were added is refitted, not reused."""
+    from .features import feature_names
+
+    card = folder / "fusion.yaml"
+    if not card.exists():
+        return False
+    r = spec.rerank
+    wanted = [n for n, on in (("ce", bool(r.crossencoder)), ("llm", r.llm), ("dim", r.dim)) if on]
+    return (yaml.safe_load(card.read_text()) or {}).get("features") == feature_names(wanted)
 
 
 TRAINING_DATA_LICENCE = ("WikiMEL text annotations: Wikidata-MEL.json from seukgcode/MELBench (MIT licence, "

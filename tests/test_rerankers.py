@@ -160,6 +160,56 @@ def test_fused_linker_is_fitted_on_dev_only_and_links(tiny_bert, tmp_path):
     assert all(r.entity_id is None for r in nil.link([Mention.from_dict(r) for r in TEST]))
 
 
+def test_life_cues_tell_the_living_from_the_dead():
+    """A caption's year against a life span: alive in it, or how long after the death."""
+    from gen_linker.features import life_cues
+
+    assert life_cues([2013], 1940, 1980) == (0.0, 33 / 50)        # "Lennon performing ... in 2013"
+    assert life_cues([2009], 1954, None) == (1.0, 0.0)
+    assert life_cues([1975, 2013], 1940, 1980) == (0.0, 0.0)      # a death after the earliest year
+    assert life_cues([2100], 1900, 1950) == (0.0, 1.0)            # capped at 50 years
+    assert life_cues([], 1940, 1980) == life_cues([2013], None, None) == (0.0, 0.0)
+
+
+def test_a_fusion_fitted_before_features_were_added_reads_its_own_columns(tiny_bert, tmp_path):
+    """A saved fusion whose feature list lacks some of this version's features still links,
+    scoring exactly the columns it names; one naming a feature this version lacks is an error."""
+    from gen_linker import load_linker
+    from gen_linker.features import feature_names
+    from gen_linker.fusion import FusionExample, FusionModel, fit
+    from gen_linker.spec import LinkerSpec
+
+    spec = LinkerSpec.from_dict({"linker": "fused", "candidates": {"encoder": str(tiny_bert)},
+                                 "rerank": {"candidates": 6}})
+    names = feature_names([])
+    old = [n for n in names if n not in ("alive", "after_death")]
+    keep = [names.index(n) for n in old]
+    rng = np.random.default_rng(0)
+    examples = [FusionExample(rng.normal(size=(6, len(old))).astype(np.float32), int(rng.integers(6)), f"d{i}")
+                for i in range(40)]
+    model, _ = fit(examples, old)
+    model.save(tmp_path / "old")
+    linker = load_linker(KB, spec.merged({"rerank.fusion": str(tmp_path / "old")}))
+    mentions = [Mention.from_dict(r) for r in TEST]
+    infos, feats = linker.features(mentions)
+    assert all(x.shape[1] == len(old) for x in feats)
+    full = linker.candidates(mentions)
+    assert [[c.entity_id for c in cs] for cs in infos] == [[c.entity_id for c in cs] for cs in full]
+    from gen_linker.features import candidate_features
+
+    knn = linker.pool.knn(mentions) if linker.pool is not None else [None] * len(mentions)
+    for m, cs, k, x in zip(mentions, infos, knn, feats):
+        everything = candidate_features(m, cs, KB, linker.descriptions, linker.pool, k, [])
+        assert np.array_equal(everything[:, keep], x)
+    results = linker.link(mentions)
+    for r, x in zip(results, feats):
+        assert r.score == pytest.approx(float(model.scores(x).max()))
+    bad = FusionModel(old + ["no_such_feature"])
+    bad.save(tmp_path / "bad")
+    with pytest.raises(GenLinkerError, match="no_such_feature"):
+        load_linker(KB, spec.merged({"rerank.fusion": str(tmp_path / "bad")}))
+
+
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_a_missing_or_corrupt_artefact_is_an_error_naming_the_file(tiny_bert, retriever, tmp_path, damage):
     from gen_linker.fusion import FusionModel, fit

@@ -122,11 +122,17 @@ class FusedLinker(LinkerBase):
                                      "which this linker lacks: give them in the spec (rerank.crossencoder, "
                                      "rerank.llm with generative.adapter, rerank.dim with dim.folder)")
             self.rerankers = list(wanted)
-            if list(fusion.feature_names) != feature_names(self.rerankers):
-                raise GenLinkerError("the fusion model's features differ from this version's: retrain it with "
-                                     "gen-linker train-fusion")
+            computed = feature_names(self.rerankers)
+            unknown = [n for n in fusion.feature_names if n not in computed]
+            if unknown:
+                raise GenLinkerError(f"the fusion model reads features this version does not compute "
+                                     f"({', '.join(unknown)}): retrain it with gen-linker train-fusion")
+            # a model fitted before features were added reads its own columns, by name
+            self.columns = None if list(fusion.feature_names) == computed else \
+                [computed.index(n) for n in fusion.feature_names]
         else:
             self.rerankers = list(rerankers) if rerankers is not None else given
+            self.columns = None
 
     @classmethod
     def check_spec(cls, spec, source: str = "linker spec") -> None:
@@ -204,10 +210,14 @@ class FusedLinker(LinkerBase):
                     c.scores["llm"] = scores[name]
 
     def features(self, mentions: Sequence[Mention]) -> tuple[list[list[CandidateInfo]], list[np.ndarray]]:
+        """Each mention's candidates and their feature matrix: the columns the fusion model reads
+        (in its order), or every feature of this version when there is no model yet."""
         infos = self.candidates(mentions)
         knn = self.pool.knn(mentions) if self.pool is not None else [None] * len(mentions)
         feats = [candidate_features(m, cands, self.kb, self.descriptions, self.pool, k, self.rerankers)
                  for m, cands, k in zip(mentions, infos, knn)]
+        if self.columns is not None:
+            feats = [x[:, self.columns] for x in feats]
         return infos, feats
 
     # ------------------------------------------------------------------ linking
