@@ -164,7 +164,7 @@ class LinkerSpec:
             for key in PATH_KEYS:
                 if key in _flatten(overrides or {}, source):
                     value = spec.get(key)
-                    if value and not _is_model_name(key, value):
+                    if value and not _is_model_name(key, value, base_dir):
                         spec.set(key, os.path.normpath(os.path.join(str(base_dir), os.path.expanduser(value))))
         spec.check_values(source)
         return spec
@@ -244,15 +244,19 @@ PATH_KEYS = ("image_root", "backend.llm", "generative.prompt", "generative.demos
 _MODEL_KEYS = {"backend.llm", "candidates.encoder", "generative.prompt"}
 
 
-def _is_model_name(key: str, value: str) -> bool:
-    """A model or template named by name (not a path), or a keyword: left as it is."""
+def _is_model_name(key: str, value: str, base_dir: str | Path | None = None) -> bool:
+    """A model or template named by name (not a path), or a keyword: left as it is. A bare
+    name that is a folder beside the spec (`base_dir`) is a path: a saved linker's tuned encoder
+    is written as `biencoder`, and read from another working directory it must not be taken for
+    a model name (which sentence-transformers would look up on the hub)."""
     if key == "candidates.descriptions":
         return value == "none"
     if key not in _MODEL_KEYS:
         return False
     if key == "generative.prompt":
         return not (value.endswith((".yaml", ".yml")) or os.sep in value)
-    return not (os.sep in value or value.startswith(".") or Path(value).expanduser().is_dir())
+    return not (os.sep in value or value.startswith(".") or Path(value).expanduser().is_dir()
+                or (base_dir is not None and (Path(base_dir) / value).is_dir()))
 
 
 def to_dict(obj) -> dict:

@@ -7,6 +7,7 @@ import yaml
 
 from conftest import ENTITIES, TEST, TRAIN, write_jsonl
 from gen_linker import LinkerSpec, load_linker, save_linker
+from gen_linker.loader import read_spec
 from gen_linker.cli import main
 from gen_linker.linkers import LINKERS
 from gen_linker.spec import SpecError
@@ -195,6 +196,25 @@ def test_saved_folder_carries_its_artefacts_and_moves(entities_file, dim_folder,
         answers([r.to_dict() for r in load_linker(entities_file, spec).link(mentions)])
     with pytest.raises(SpecError, match="not a saved linker folder"):
         load_linker(entities_file, tmp_path)
+
+
+def test_saved_folder_with_its_own_encoder_loads_from_any_directory(entities_file, tiny_bert, tmp_path, test_file,
+                                                                   monkeypatch):
+    """A saved linker whose dense encoder is a folder (`gen-linker adapt --tune` keeps one) writes
+    it as the bare name `biencoder`; read from another working directory that must still be the
+    folder inside the linker, not a model name to look up on the hub."""
+    from gen_linker.datasets.jsonl import read_mentions
+
+    spec = LinkerSpec.from_dict({"linker": "retrieval", "candidates": {"encoder": str(tiny_bert)}})
+    saved = save_linker(spec, tmp_path / "linkers" / "tuned")
+    assert yaml.safe_load((saved / "linker.yaml").read_text())["candidates"]["encoder"] == "biencoder"
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert read_spec(saved).candidates.encoder == str(saved / "biencoder")
+    mentions = list(read_mentions(test_file))
+    assert answers([r.to_dict() for r in load_linker(entities_file, saved).link(mentions)]) == \
+        answers([r.to_dict() for r in load_linker(entities_file, spec).link(mentions)])
 
 
 def tiny_suite(tmp_path, tiny_llm, entities_file, train_file, test_file) -> "Path":
