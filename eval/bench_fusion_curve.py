@@ -14,22 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from gen_linker import datasets
-from gen_linker.datasets.disjoint import entity_disjoint
 from gen_linker.evaluation import top1
 from gen_linker.features import DemoPool, feature_names
 from gen_linker.fusion import FusionConfig, examples_top1, fit
 from gen_linker.hardware import machine_line
 from gen_linker.linkers.fused import FusedLinker, fusion_examples
 from gen_linker.loader import DEFAULT_LINKER, LinkerParts, read_spec
-from wikimel import WIKIMEL, seeded_sample
+from wikimel import disjoint_fusion_data
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,11 +38,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
-    parts_data = {s: datasets.load(WIKIMEL, "melbench", s) for s in ("train", "dev", "test")}
+    parts_data, split, dev, test = disjoint_fusion_data(max(sizes), args.mentions)
     kb = parts_data["test"].kb
-    split = entity_disjoint(parts_data["train"].valid, parts_data["dev"].valid, parts_data["test"].valid, 0.2, 0)
-    dev = random.Random(0).sample(split.dev, max(sizes))
-    test = seeded_sample(parts_data["test"].valid, args.mentions)
     spec = read_spec(DEFAULT_LINKER)
     parts = LinkerParts(kb, spec, n_mentions=len(dev), progress=True)
     t0 = time.perf_counter()

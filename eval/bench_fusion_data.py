@@ -26,15 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from gen_linker import datasets
-from gen_linker.datasets.disjoint import entity_disjoint
 from gen_linker.evaluation import top1
 from gen_linker.features import DemoPool, feature_names
 from gen_linker.fusion import FusionConfig, examples_top1, fit
 from gen_linker.hardware import machine_line
 from gen_linker.linkers.fused import FusedLinker, fusion_examples
 from gen_linker.loader import LinkerParts, load_linker, read_spec
-from wikimel import WIKIMEL, seeded_sample
+from wikimel import disjoint_fusion_data
 
 ROOT = Path(__file__).resolve().parent.parent
 CE_LINKER = ROOT / "eval" / "runs" / "linkers" / "wikimel-crossencoder"
@@ -70,15 +68,12 @@ def main() -> int:
         return 2
     seeds = [int(s) for s in args.seeds.split(",")]
     hiddens = [int(h) for h in args.hidden.split(",")]
-    data = {s: datasets.load(WIKIMEL, "melbench", s) for s in ("train", "dev", "test")}
+    data, split, dev, test = disjoint_fusion_data()                     # dev: 1,500, as the recipes
     kb = data["test"].kb
-    split = entity_disjoint(data["train"].valid, data["dev"].valid, data["test"].valid, 0.2, 0)
-    dev = random.Random(0).sample(split.dev, 1500)                                  # as the recipes
     train_pool = [m for m in split.train if m.gold in kb]
     ce_seen = {m.id for m in random.Random(0).sample(train_pool, CE_TRAINING_MENTIONS)}
     unseen = [m for m in train_pool if m.id not in ce_seen]
     extra = random.Random(1).sample(unseen, args.train_mentions)
-    test = seeded_sample(data["test"].valid, 1000)
 
     spec = read_spec(CE_LINKER)
     parts = LinkerParts(kb, spec, n_mentions=len(dev), progress=True)

@@ -173,9 +173,7 @@ class HashedVocabulary:
         self.hashes, self.columns = hashes, columns
 
     def _find(self, word: str) -> int:
-        h = np.uint64(word_hash(word))
-        i = int(np.searchsorted(self.hashes, h))
-        return int(self.columns[i]) if i < len(self.hashes) and self.hashes[i] == h else -1
+        return int(self.columns_of([word])[0])
 
     def __contains__(self, word: str) -> bool:
         return self._find(word) >= 0

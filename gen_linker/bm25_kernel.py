@@ -196,18 +196,22 @@ def _intersect(indices, a, b, by_doc, by_doc_data, c, hi, found, col, frontier, 
         while a < b and c < hi:
             c = _seek(by_doc, c, hi, indices[a])
             if c < hi and by_doc[c] == indices[a]:
-                found[a - base, col] = by_doc_data[c]
-                if by_doc_data[c] > frontier:
-                    seen[a - base] = True
+                _found(found, seen, a - base, col, by_doc_data[c], frontier)
             a += 1
     else:
         while c < hi and a < b:
             a = _seek(indices, a, b, by_doc[c])
             if a < b and indices[a] == by_doc[c]:
-                found[a - base, col] = by_doc_data[c]
-                if by_doc_data[c] > frontier:
-                    seen[a - base] = True
+                _found(found, seen, a - base, col, by_doc_data[c], frontier)
             c += 1
+
+
+def _found(found, seen, i, col, weight, frontier) -> None:
+    """Run document i has `weight` in word `col`; above that word's read frontier it was read
+    (and scored) through that word already."""
+    found[i, col] = weight
+    if weight > frontier:
+        seen[i] = True
 
 
 def _top_one_word(w, v, k, indptr, indices, data, out_docs, out_scores, q) -> int:
@@ -322,7 +326,7 @@ def _kernel():
     later processes load it instead of compiling, ~5 s the first time). The helpers are
     replaced by their compiled versions in this module, where the compiled loop finds them."""
     global _compiled, _worse, _sift_down, _push, _power_of_two, _run_end, _walk_cost, _plan
-    global _seek, _intersect, _top_one_word, _top_many_words
+    global _seek, _intersect, _found, _top_one_word, _top_many_words
     with _compile_lock:
         if _compiled is None:
             from numba import njit
@@ -334,6 +338,7 @@ def _kernel():
             _power_of_two, _sift_down, _push = jit(_power_of_two), jit(_sift_down), jit(_push)
             _run_end, _walk_cost, _plan = jit(_run_end), jit(_walk_cost), jit(_plan)
             _seek, _intersect = jit(_seek), jit(_intersect)
+            _found = njit(cache=True, nogil=True, inline="always")(_found)
             _top_one_word, _top_many_words = jit(_top_one_word), jit(_top_many_words)
             _compiled = jit(_top_impact)
     return _compiled

@@ -305,13 +305,12 @@ def _fusion_current(folder: Path, spec) -> bool:
     """Is the fusion a previous run left in `folder` fitted on this version's features (for the
     spec's rerankers)? A fusion from before features were added is refitted, not reused."""
     from .features import feature_names
+    from .linkers.fused import spec_rerankers
 
     card = folder / "fusion.yaml"
     if not card.exists():
         return False
-    r = spec.rerank
-    wanted = [n for n, on in (("ce", bool(r.crossencoder)), ("llm", r.llm), ("dim", r.dim)) if on]
-    return (yaml.safe_load(card.read_text()) or {}).get("features") == feature_names(wanted)
+    return (yaml.safe_load(card.read_text()) or {}).get("features") == feature_names(spec_rerankers(spec))
 
 
 TRAINING_DATA_LICENCE = ("WikiMEL text annotations: Wikidata-MEL.json from seukgcode/MELBench (MIT licence, "

@@ -249,7 +249,14 @@ def nil_below(result: LinkResult, threshold: float) -> LinkResult:
     return replace(result, entity_id=None, name=None, score=None)
 
 
-__all__ = ["CrossEncoderLinker", "DenseLinker", "FusedLinker", "nil_below", "softmax_confidence"]
+__all__ = ["CrossEncoderLinker", "DenseLinker", "FusedLinker", "nil_below", "softmax_confidence", "spec_rerankers"]
+
+
+def spec_rerankers(spec) -> list[str]:
+    """The reranker scores a fusion fitted for `spec` reads (rerank.crossencoder / rerank.llm /
+    rerank.dim), in feature order."""
+    r = spec.rerank
+    return [n for n, on in (("ce", bool(r.crossencoder)), ("llm", r.llm), ("dim", r.dim)) if on]
 
 
 def train_fusion(spec, kb: KnowledgeBase, dev: Sequence[Mention], output, config=None, progress: bool = True,
@@ -264,7 +271,7 @@ def train_fusion(spec, kb: KnowledgeBase, dev: Sequence[Mention], output, config
     from ..loader import LinkerParts, check_spec
 
     r = spec.rerank
-    wanted = [n for n, on in (("ce", bool(r.crossencoder)), ("llm", r.llm), ("dim", r.dim)) if on]
+    wanted = spec_rerankers(spec)
     check_spec(spec.merged({"linker": "retrieval"}), "train-fusion")
     parts = LinkerParts(kb, spec, n_mentions=len(dev), progress=progress)
     if pool is not None:
