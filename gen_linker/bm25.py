@@ -92,12 +92,15 @@ class BM25Index:
         first, ties by index; never a dense `[queries, documents]` matrix (8 MB per query at a
         million documents). With numba, only the postings that can still change the top k are
         read (`bm25_kernel`); else the sparse product. Both give the same results."""
+        k = max(0, min(k, self.weights.shape[1]))    # the kernel allocates queries x k up front
         if bm25_kernel.enabled():
             return bm25_kernel.top_impact(self.query_matrix(queries), self.weights, self.by_doc, k)
         return self.top_product(queries, k)
 
     def top_product(self, queries: Sequence[Sequence[str]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """`top` from the sparse product of the queries with every posting of their words."""
+        if k <= 0:
+            return [(np.zeros(0, dtype=np.int64), np.zeros(0)) for _ in queries]
         product = (self.query_matrix(queries) @ self.weights).tocsr()
         out = []
         for row in range(product.shape[0]):

@@ -224,8 +224,13 @@ def name_bm25(kb: KnowledgeBase) -> BM25Index:
         try:
             index.save(path)
         except (OSError, ValueError):
-            pass  # an unwritable cache (or a hash collision) only costs a rebuild next time
+            return index  # an unwritable cache (or a hash collision) only costs a rebuild next time
+        for old in _OLD_BM25_FORMATS:   # the same index in the formats of earlier versions: 55 MB each at 1M
+            path.with_name(path.name.replace("-bydoc.npz", old)).unlink(missing_ok=True)
     return index
+
+
+_OLD_BM25_FORMATS = (".npz", "-impact.npz")    # before postings by document, before impact ordering
 
 
 def _alias_digest(kb: KnowledgeBase) -> str:

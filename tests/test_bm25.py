@@ -113,3 +113,16 @@ def test_top_of_a_large_index_stops_early_and_stays_exact():
         _assert_same_tops(index.top(queries, k), want)
         with planning_always():
             _assert_same_tops(index.top(queries, k), want)
+
+
+def test_top_with_k_beyond_the_corpus_or_none():
+    """k above the number of documents is the whole ranking (the kernel's buffers are sized by
+    the documents, not by k); k = 0 or below is nothing, from either path."""
+    index = BM25Index([["john", "smith"], ["mary", "smith"], ["john", "jones"]])
+    queries = [["john", "smith"], ["nobody"]]
+    want = _dense_top(index, queries, 3)
+    _assert_same_tops(index.top(queries, 10 ** 12), want)
+    _assert_same_tops(index.top_product(queries, 10 ** 12), want)
+    for k in (0, -3):
+        assert [len(d) for d, _ in index.top(queries, k)] == [0, 0]
+        assert [len(d) for d, _ in index.top_product(queries, k)] == [0, 0]

@@ -216,6 +216,25 @@ def test_build_kb_prepare_writes_the_caches(tmp_path, entities_file):
     assert len(list((folder / "cache").glob("bm25-names-*.npz"))) == 1
 
 
+def test_bm25_cache_of_an_earlier_version_is_removed_when_rebuilt(tmp_path, entities_file):
+    """A folder cached by an earlier version holds the index in an older file format (55 MB at a
+    million names): rebuilt in the current one, the old file goes."""
+    from gen_linker.candidates import BM25NameIndex
+    from gen_linker.cli import main
+
+    folder = tmp_path / "kbdir"
+    assert main(["build-kb", str(entities_file), str(folder), "--no-progress"]) == 0
+    BM25NameIndex(KnowledgeBase.open(folder))
+    (current,) = (folder / "cache").glob("bm25-names-*-bydoc.npz")
+    stale = [current.with_name(current.name.replace("-bydoc.npz", tail)) for tail in (".npz", "-impact.npz")]
+    for path in stale:
+        path.write_bytes(current.read_bytes())
+    current.unlink()
+    rebuilt = BM25NameIndex(KnowledgeBase.open(folder))
+    assert [p.name for p in (folder / "cache").glob("bm25-names-*.npz")] == [current.name]
+    assert rebuilt.candidates("Noel Harrison", 5)[0].entity_id == "Q1"
+
+
 def test_build_kb_reports_bad_lines_and_streams(tmp_path, capsys):
     from gen_linker.cli import main
 
