@@ -94,7 +94,10 @@ class BM25Index:
         read (`bm25_kernel`); else the sparse product. Both give the same results."""
         k = max(0, min(k, self.weights.shape[1]))    # the kernel allocates queries x k up front
         if bm25_kernel.enabled():
-            return bm25_kernel.top_impact(self.query_matrix(queries), self.weights, self.by_doc, k)
+            try:
+                return bm25_kernel.top_impact(self.query_matrix(queries), self.weights, self.by_doc, k)
+            except bm25_kernel.compile_error() as err:
+                bm25_kernel.disable(err)
         return self.top_product(queries, k)
 
     def top_product(self, queries: Sequence[Sequence[str]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -16,7 +16,8 @@ scores are bit-identical to the product's, and ties at the k-th score are broken
 index as `BM25Index.top` promises (tested against the product with hypothesis).
 
 numba comes with vLLM's CPU build (and the `scale` extra); without it, or with
-GEN_LINKER_BM25_KERNEL=0, `BM25Index.top` uses the sparse product, with the same results.
+GEN_LINKER_BM25_KERNEL=0, or where numba cannot compile it (a warning says so), `BM25Index.top`
+uses the sparse product, with the same results.
 """
 from __future__ import annotations
 
@@ -32,9 +33,33 @@ import numpy as np
 AVAILABLE = importlib.util.find_spec("numba") is not None
 
 
+_broken: str | None = None     # why numba could not compile the kernel in this process, if it could not
+
+
 def enabled() -> bool:
-    """Use the kernel? (numba importable, and not switched off by GEN_LINKER_BM25_KERNEL=0)."""
-    return AVAILABLE and os.environ.get("GEN_LINKER_BM25_KERNEL", "1") != "0"
+    """Use the kernel? (numba importable, not switched off by GEN_LINKER_BM25_KERNEL=0, and it
+    compiled in this process)."""
+    return AVAILABLE and _broken is None and os.environ.get("GEN_LINKER_BM25_KERNEL", "1") != "0"
+
+
+def compile_error() -> type[Exception]:
+    """numba's error class: what a kernel that numba cannot compile raises (e.g. a numba release
+    that no longer accepts some construct). Its own bugs raise ordinary Python errors."""
+    from numba.core.errors import NumbaError
+
+    return NumbaError
+
+
+def disable(error: Exception) -> None:
+    """Stop using the kernel in this process, saying why once: BM25 falls back to the sparse
+    product (the same results, slower at a million names) rather than failing."""
+    global _broken
+    if _broken is None:
+        import warnings
+
+        _broken = f"{type(error).__name__}: {error}"
+        warnings.warn(f"gen_linker: numba could not compile the BM25 top-k kernel ({_broken.splitlines()[0]}); "
+                      "using the sparse product instead (same results)", RuntimeWarning, stacklevel=3)
 
 
 def _worse(s_a: float, d_a: int, s_b: float, d_b: int) -> bool:

@@ -126,3 +126,23 @@ def test_top_with_k_beyond_the_corpus_or_none():
     for k in (0, -3):
         assert [len(d) for d, _ in index.top(queries, k)] == [0, 0]
         assert [len(d) for d, _ in index.top_product(queries, k)] == [0, 0]
+
+
+def test_a_kernel_numba_cannot_compile_falls_back_to_the_product(monkeypatch):
+    """A numba that cannot compile the kernel (another release) costs speed, not answers: one
+    warning, then the sparse product for the rest of the process."""
+    errors = pytest.importorskip("numba.core.errors")
+
+    index = BM25Index([["john", "smith"], ["mary", "smith"], ["john", "jones"]])
+    queries = [["john", "smith"], ["smith"]]
+
+    def broken(*args):
+        raise errors.TypingError("no implementation for this construct")
+
+    monkeypatch.setattr(bm25_kernel, "_kernel", lambda: broken)
+    monkeypatch.setattr(bm25_kernel, "_broken", None)
+    with pytest.warns(RuntimeWarning, match="could not compile the BM25 top-k kernel"):
+        got = index.top(queries, 2)
+    _assert_same_tops(got, _dense_top(index, queries, 2))
+    assert not bm25_kernel.enabled()
+    _assert_same_tops(index.top(queries, 2), _dense_top(index, queries, 2))    # no second warning needed
