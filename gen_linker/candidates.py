@@ -69,15 +69,18 @@ class CandidateRetriever:
         self.bm25 = name_bm25(kb)
         self.encoder = encoder if isinstance(encoder, SentenceEncoder) else SentenceEncoder(encoder)
         descriptions = descriptions or {}
-        self.texts = [entity_text(e.name, descriptions.get(e.id, e.description)) for e in kb]
-        self.entity_emb = self.encoder.encode_cached(self.texts, kb.cache_dir(), show_progress=show_progress,
+        # the entity texts are needed only to find (or build) their cached embeddings: not kept,
+        # since a million of them is ~250 MB in every worker process
+        texts = [entity_text(e.name, descriptions.get(e.id, e.description)) for e in kb]
+        self.entity_emb = self.encoder.encode_cached(texts, kb.cache_dir(), show_progress=show_progress,
                                                      mmap_mode=kb.folder is not None)
         self.ann = None
         if len(kb) >= (exact_below if exact_below is not None else ann_threshold()):
             from .ann import IVFIndex, default_nprobe
 
-            self.ann = IVFIndex.cached(self.entity_emb, kb.cache_dir(), text_digest(self.texts, self.encoder.cache_key or self.encoder.path),
+            self.ann = IVFIndex.cached(self.entity_emb, kb.cache_dir(), text_digest(texts, self.encoder.cache_key or self.encoder.path),
                                        nprobe=nprobe or default_nprobe(), progress=show_progress)
+        del texts
 
     def bm25_rankings(self, mentions: Sequence[Mention]) -> list[np.ndarray]:
         """Entity indices by BM25 score of each mention's words, best first (score > 0 only)."""
