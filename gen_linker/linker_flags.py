@@ -52,6 +52,11 @@ FLAGS: list[tuple[str, str, dict, str]] = [
      "a trained adapter folder: image soft prefixes (default LLM: its base)"),
     ("--encoder", "candidates.encoder", {}, "sentence-transformers model for SimCSE demonstrations and dense "
                                             "candidates (default: packaged all-MiniLM-L6-v2)"),
+    ("--encoder-dtype", "candidates.encoder_dtype", {"choices": DTYPES},
+     "the sentence encoders (dense candidates, demonstrations, the pool's kNN): bfloat16 runs their matmuls "
+     "under autocast (with AMX: the default linker 1.7x faster with the same answers on WikiMEL, "
+     "eval/results/encoder_dtype.md); auto = bfloat16 with AMX, else float32. What is cached (the KB's entity "
+     "embeddings, the pool's) is always encoded in float32"),
     ("--descriptions", "candidates.descriptions", {"type": Path},
      "entity descriptions JSONL ({id, description}) instead of the KB's; none: names only"),
     ("--candidates", "candidates.count", {"type": int}, "dim: retrieved candidates ranked"),

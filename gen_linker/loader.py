@@ -118,7 +118,7 @@ class LinkerParts:
 
         path = resolve_sentence_encoder(name)
         if path not in self._encoders:
-            self._encoders[path] = SentenceEncoder(path)
+            self._encoders[path] = SentenceEncoder(path, dtype=self.spec.candidates.encoder_dtype)
         return self._encoders[path]
 
     @cached_property
