@@ -184,7 +184,7 @@ def test_embeddings_resume_after_an_interrupted_build(tmp_path, tiny_bert, monke
     reference = encoder.encode(texts)
 
     calls: list[int] = []
-    real_encode = encoder.encode
+    real_encode = encoder.encode_reference                    # what the cache is written with (float32)
 
     def interrupted(batch, **kw):
         if len(calls) == 2:
@@ -192,14 +192,15 @@ def test_embeddings_resume_after_an_interrupted_build(tmp_path, tiny_bert, monke
         calls.append(len(batch))
         return real_encode(batch, **kw)
 
-    monkeypatch.setattr(encoder, "encode", interrupted)
+    monkeypatch.setattr(encoder, "encode_reference", interrupted)
     with pytest.raises(KeyboardInterrupt):
         encoder.encode_cached(texts, tmp_path)
     state = json.loads(next(tmp_path.glob("*.partial.json")).read_text())
     assert state["done"] == 80 and not list(tmp_path.glob("emb-*[0-9a-f].npy"))
 
     calls.clear()
-    monkeypatch.setattr(encoder, "encode", lambda batch, **kw: (calls.append(len(batch)), real_encode(batch, **kw))[1])
+    monkeypatch.setattr(encoder, "encode_reference",
+                        lambda batch, **kw: (calls.append(len(batch)), real_encode(batch, **kw))[1])
     rows = encoder.encode_cached(texts, tmp_path, mmap_mode=True)
     assert calls == [40, 40, 40, 30]                          # only the 150 texts not done
     assert isinstance(rows, np.memmap) and not rows.flags.writeable
