@@ -10,7 +10,8 @@ Encodes the first --entities entity texts (name + description, as the retriever 
 of WikiMEL's test KB with the packaged MiniLM in both dtypes, one process, the best of
 --repeats passes each; reports texts/s, the ratio, how far the rows are apart (cosine of each
 row with its float32 twin) and whether the nearest entity of each of 1,000 WikiMEL mentions
-(encoded float32, as a mention is) is the same against either set of rows. Writes
+is the same against either set of rows (the mentions encoded in float32 here, to isolate the
+entity rows' effect; linking encodes them in the spec's dtype). Writes
 eval/results/encoder_dtype_build.md and .json.
 """
 from __future__ import annotations
@@ -71,7 +72,7 @@ def main() -> int:
              f"- command: `{result['command']}`", f"- machine: {result['machine']}", f"- date: {result['date']}",
              f"- {len(texts):,} entity texts (name + description) of WikiMEL's test KB, packaged all-MiniLM-L6-v2, "
              f"batches of 128, best of {args.repeats} passes; 1,000 WikiMEL test mentions (the suites' sample) "
-             "encoded in float32 as queries", "",
+             "encoded in float32 as queries, to isolate the effect of the entity rows", "",
              "| dtype | texts/s | vs float32 | hours per million entities |", "|---|---|---|---|"]
     for d in ("float32", "bfloat16"):
         lines.append(f"| {d} | {speed[d]:.1f} | {speed[d] / speed['float32']:.2f}x | "

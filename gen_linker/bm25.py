@@ -96,7 +96,7 @@ class BM25Index:
         if bm25_kernel.enabled():
             try:
                 return bm25_kernel.top_impact(self.query_matrix(queries), self.weights, self.by_doc, k)
-            except bm25_kernel.compile_error() as err:
+            except bm25_kernel.compile_errors() as err:
                 bm25_kernel.disable(err)
         return self.top_product(queries, k)
 

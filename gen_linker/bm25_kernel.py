@@ -42,12 +42,15 @@ def enabled() -> bool:
     return AVAILABLE and _broken is None and os.environ.get("GEN_LINKER_BM25_KERNEL", "1") != "0"
 
 
-def compile_error() -> type[Exception]:
-    """numba's error class: what a kernel that numba cannot compile raises (e.g. a numba release
-    that no longer accepts some construct). Its own bugs raise ordinary Python errors."""
-    from numba.core.errors import NumbaError
-
-    return NumbaError
+def compile_errors() -> tuple[type[Exception], ...]:
+    """What a kernel numba cannot build raises: numba's own errors (a release that no longer
+    accepts some construct) and ImportError (a numba installed but broken, e.g. built for
+    another numpy). The kernel's own bugs raise ordinary Python errors and are not caught."""
+    try:
+        from numba.core.errors import NumbaError
+    except ImportError:
+        return (ImportError,)
+    return (NumbaError, ImportError)
 
 
 def disable(error: Exception) -> None:
@@ -58,7 +61,7 @@ def disable(error: Exception) -> None:
         import warnings
 
         _broken = f"{type(error).__name__}: {error}"
-        warnings.warn(f"gen_linker: numba could not compile the BM25 top-k kernel ({_broken.splitlines()[0]}); "
+        warnings.warn(f"gen_linker: numba could not build the BM25 top-k kernel ({_broken.splitlines()[0]}); "
                       "using the sparse product instead (same results)", RuntimeWarning, stacklevel=3)
 
 

@@ -126,23 +126,25 @@ class SentenceEncoder(TextEncoder):
 
     `dtype` bfloat16 runs `encode`'s matmuls under torch's CPU autocast (weights stay float32,
     rows come back float32): 2.6x the texts/s of float32 with AMX, cosines within 4e-5 of
-    float32's; `auto` picks it where the processor has AMX. What is cached (`encode_cached`:
-    a KB's entities, a demonstration pool) is always encoded in float32, so a cache means one
-    thing whoever built it: in bf16 the nearest of 5,000 entities changed for 0.7% of mentions
-    (eval/results/encoder_dtype_build.md), while mentions encoded in bf16 against float32
-    entities gave the same answers as float32 (eval/results/encoder_dtype.md)."""
+    float32's; `auto` as `hardware.default_dtype` says ($GEN_LINKER_DTYPE, else bf16 with AMX).
+    The class defaults to float32 (exact; what training and direct use get); a linker loaded
+    from a spec uses the spec's `candidates.encoder_dtype`, auto by default. What is cached
+    (`encode_cached`: a KB's entities, a demonstration pool) is always encoded in float32
+    (`encode_reference`), so that a cache means one thing whoever built it; mentions encoded in
+    bf16 against float32 entity rows gave the same answers as float32 on 999 of 1,000 WikiMEL
+    mentions (eval/results/encoder_dtype.md)."""
 
     def __init__(self, model: str | None = None, dtype: str = "float32") -> None:
         from .hardware import resolve_dtype
 
-        self.path = resolve_sentence_encoder(model)
-        self.model = _load(self.path)
-        self.cache_key = _weights_key(self.path)
         self.dtype = resolve_dtype(dtype)
         if self.dtype not in ("float32", "bfloat16"):
             from .errors import GenLinkerError
 
             raise GenLinkerError(f"sentence encoders run in float32 or bfloat16, not {self.dtype}")
+        self.path = resolve_sentence_encoder(model)
+        self.model = _load(self.path)
+        self.cache_key = _weights_key(self.path)
 
     @property
     def dim(self) -> int:

@@ -53,10 +53,10 @@ FLAGS: list[tuple[str, str, dict, str]] = [
     ("--encoder", "candidates.encoder", {}, "sentence-transformers model for SimCSE demonstrations and dense "
                                             "candidates (default: packaged all-MiniLM-L6-v2)"),
     ("--encoder-dtype", "candidates.encoder_dtype", {"choices": DTYPES},
-     "the sentence encoders (dense candidates, demonstrations, the pool's kNN): bfloat16 runs their matmuls "
-     "under autocast (with AMX: the default linker 1.7x faster with the same answers on WikiMEL, "
-     "eval/results/encoder_dtype.md); auto = bfloat16 with AMX, else float32. What is cached (the KB's entity "
-     "embeddings, the pool's) is always encoded in float32"),
+     "the sentence encoders as they encode mentions (dense candidates, demonstrations, the pool's kNN): bfloat16 "
+     "runs their matmuls under autocast (with AMX: the default linker 1.8x faster with the same answers on "
+     "WikiMEL, eval/results/encoder_dtype.md); auto = $GEN_LINKER_DTYPE if set, else bfloat16 with AMX, else "
+     "float32. What is cached (the KB's entity embeddings, the pool's) and DIM/DWE features are always float32"),
     ("--descriptions", "candidates.descriptions", {"type": Path},
      "entity descriptions JSONL ({id, description}) instead of the KB's; none: names only"),
     ("--candidates", "candidates.count", {"type": int}, "dim: retrieved candidates ranked"),

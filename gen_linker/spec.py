@@ -87,9 +87,9 @@ class CandidatesSpec:
     encoder: str | None = None         # sentence-transformers folder; None: packaged all-MiniLM-L6-v2
     descriptions: str | None = None    # entity descriptions JSONL used instead of the KB's; `none`: names only
     count: int = 100                   # candidates a reranker (DIM) ranks
-    encoder_dtype: str = "auto"        # the sentence encoders' matmuls: float32, bfloat16 (autocast), or auto:
-                                       # bfloat16 with AMX (1.7x the default's speed, the same answers:
-                                       # eval/results/encoder_dtype.md), else float32
+    encoder_dtype: str = "auto"        # the sentence encoders' matmuls on mentions: float32, bfloat16 (autocast),
+                                       # or auto: $GEN_LINKER_DTYPE if set, else bfloat16 with AMX (the default
+                                       # linker 1.8x faster, the same answers: eval/results/encoder_dtype.md)
 
 
 @dataclass

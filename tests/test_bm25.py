@@ -141,8 +141,26 @@ def test_a_kernel_numba_cannot_compile_falls_back_to_the_product(monkeypatch):
 
     monkeypatch.setattr(bm25_kernel, "_kernel", lambda: broken)
     monkeypatch.setattr(bm25_kernel, "_broken", None)
-    with pytest.warns(RuntimeWarning, match="could not compile the BM25 top-k kernel"):
+    with pytest.warns(RuntimeWarning, match="could not build the BM25 top-k kernel"):
         got = index.top(queries, 2)
     _assert_same_tops(got, _dense_top(index, queries, 2))
     assert not bm25_kernel.enabled()
     _assert_same_tops(index.top(queries, 2), _dense_top(index, queries, 2))    # no second warning needed
+
+
+def test_a_numba_that_cannot_be_imported_falls_back_to_the_product(monkeypatch):
+    """numba found by the import system but broken (e.g. built for another numpy): the same."""
+    import sys
+
+    index = BM25Index([["john", "smith"], ["mary", "smith"], ["john", "jones"]])
+    queries = [["john", "smith"], ["smith"]]
+    monkeypatch.setattr(bm25_kernel, "AVAILABLE", True)
+    monkeypatch.setattr(bm25_kernel, "_compiled", None)
+    monkeypatch.setattr(bm25_kernel, "_broken", None)
+    for name in [m for m in sys.modules if m == "numba" or m.startswith("numba.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "numba", None)          # `import numba` raises ImportError
+    with pytest.warns(RuntimeWarning, match="could not build the BM25 top-k kernel"):
+        got = index.top(queries, 2)
+    _assert_same_tops(got, _dense_top(index, queries, 2))
+    assert not bm25_kernel.enabled()

@@ -61,3 +61,28 @@ def test_what_is_cached_is_float32_whatever_the_dtype(tiny_bert, tmp_path):
     np.testing.assert_array_equal(cached, full.encode(TEXTS))
     np.testing.assert_array_equal(full.encode_cached(TEXTS, tmp_path), cached)     # the same file
     assert not np.array_equal(half.encode(TEXTS), cached)                          # mentions: bf16
+
+
+def test_every_encoder_of_a_loaded_linker_follows_the_spec(entities_file, tiny_bert):
+    """The retriever's encoder and the one of demonstrations / the pool's kNN are one encoder in
+    the spec's dtype."""
+    from gen_linker.kb import KnowledgeBase
+    from gen_linker.loader import LinkerParts, read_spec
+
+    spec = read_spec({"linker": "retrieval", "candidates": {"encoder": str(tiny_bert), "encoder_dtype": "bfloat16"}})
+    parts = LinkerParts(KnowledgeBase.from_jsonl(entities_file), spec)
+    assert parts.similarity_encoder.dtype == "bfloat16"
+    assert parts.retriever.encoder is parts.similarity_encoder
+
+
+def test_dim_features_are_float32_whatever_the_encoder_dtype(tiny_bert, tmp_path):
+    """DIM/DWE heads were trained on float32 features: a bf16 encoder shared with retrieval still
+    gives them float32 rows, for short lists and for long (cached) ones alike."""
+    from gen_linker.linkers.discriminative_features import CACHE_FROM, DiscriminativeFeaturizer
+
+    half = SentenceEncoder(str(tiny_bert), dtype="bfloat16")
+    featurizer = DiscriminativeFeaturizer(half, cache_dir=tmp_path)
+    reference = SentenceEncoder(str(tiny_bert)).encode(TEXTS)
+    np.testing.assert_array_equal(featurizer.encode(TEXTS).numpy(), reference)
+    long = (TEXTS * (CACHE_FROM // len(TEXTS) + 1))[:CACHE_FROM]
+    np.testing.assert_allclose(featurizer.encode(long).numpy()[: len(TEXTS)], reference, atol=1e-5)

@@ -118,10 +118,13 @@ class DiscriminativeFeaturizer:
         return torch.from_numpy(self.encoder.encode_cached(texts, kb.cache_dir(), show_progress=show_progress))
 
     def encode(self, texts: Sequence[str], show_progress: bool = False) -> torch.Tensor:
-        """`[n, text_dim]`; long lists (training sets) through the on-disk cache."""
+        """`[n, text_dim]`; long lists (training sets) through the on-disk cache. Always float32
+        (`encode_reference`), whatever dtype the shared encoder links mentions in: the heads were
+        trained on float32 features, and a mention's features must not depend on whether its
+        batch was long enough to be cached."""
         if self.cache_dir is not None and len(texts) >= CACHE_FROM:
             return torch.from_numpy(self.encoder.encode_cached(texts, self.cache_dir, show_progress=show_progress))
-        return torch.from_numpy(self.encoder.encode(texts, show_progress=show_progress))
+        return torch.from_numpy(self.encoder.encode_reference(texts, show_progress=show_progress))
 
     def mentions(self, mentions: Sequence[Mention], views: Sequence[str] = DIM_VIEWS,
                  show_progress: bool = False) -> MentionFeatures:
@@ -193,7 +196,7 @@ class DiscriminativeFeaturizer:
             return None, None
         have = [i for i, x in enumerate(experts) if x]
         expert = torch.zeros(len(mentions), self.text_dim)
-        expert[have] = torch.from_numpy(self.encoder.encode([experts[i] for i in have]))
+        expert[have] = self.encode([experts[i] for i in have])
         mask = torch.zeros(len(mentions), dtype=torch.bool)
         mask[have] = True
         return expert, mask
