@@ -126,8 +126,9 @@ def resolve_dtype(dtype: str | None, device: str = "cpu", backend: str = "hf") -
 
 def machine_line() -> str:
     """One line for a results table: the processor (vendor, model, how bf16 matmuls run), cores,
-    memory, torch and its threads, and what dtype `auto` means here, so that figures from
-    different processors are never compared without saying so."""
+    memory, torch and its threads, and what dtype `auto` means here (for the LLM backends and
+    for the sentence encoders, `--encoder-dtype`), so that figures from different processors
+    are never compared without saying so."""
     mem = ""
     try:
         with open("/proc/meminfo") as f:
@@ -142,4 +143,5 @@ def machine_line() -> str:
     except ImportError:
         tv = ""
     return (f"{cpu_info().line()}, {os.cpu_count()} cores{mem}{tv}, {platform.system()} {platform.machine()}, "
-            f"dtype auto = {default_dtype()} (hf), {default_dtype(backend='vllm')} (vllm)")
+            f"dtype auto = {default_dtype()} (hf), {default_dtype(backend='vllm')} (vllm), "
+            f"{default_dtype()} (sentence encoders, on mentions)")

@@ -38,4 +38,4 @@ def test_machine_line_names_vendor_model_and_bf16_path():
     info = cpu_info()
     line = machine_line()
     assert info.vendor in line and info.model in line and f"bf16 matmuls: {info.bf16_kind}" in line
-    assert "dtype auto = " in line
+    assert "dtype auto = " in line and "(sentence encoders, on mentions)" in line
