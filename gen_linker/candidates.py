@@ -80,7 +80,6 @@ class CandidateRetriever:
 
             self.ann = IVFIndex.cached(self.entity_emb, kb.cache_dir(), text_digest(texts, self.encoder.cache_key or self.encoder.path),
                                        nprobe=nprobe or default_nprobe(), progress=show_progress)
-        del texts
 
     def bm25_rankings(self, mentions: Sequence[Mention]) -> list[np.ndarray]:
         """Entity indices by BM25 score of each mention's words, best first (score > 0 only)."""
@@ -214,6 +213,9 @@ def exact_name_candidates(kb: KnowledgeBase, mention: str) -> list[Candidate]:
     return [Candidate(eid, kb.get(eid).name, 1.0) for eid in kb.lookup(mention)]
 
 
+_OLD_BM25_FORMATS = (".npz", "-impact.npz")    # before postings by document, before impact ordering
+
+
 def name_bm25(kb: KnowledgeBase) -> BM25Index:
     """BM25 over each entity's name and aliases (rows in KB order). For a KB folder the index
     is kept in its cache (`bm25-names-*.npz`) and read back memory-mapped."""
@@ -232,8 +234,6 @@ def name_bm25(kb: KnowledgeBase) -> BM25Index:
             path.with_name(path.name.replace("-bydoc.npz", old)).unlink(missing_ok=True)
     return index
 
-
-_OLD_BM25_FORMATS = (".npz", "-impact.npz")    # before postings by document, before impact ordering
 
 
 def _alias_digest(kb: KnowledgeBase) -> str:

@@ -142,6 +142,6 @@ def machine_line() -> str:
         tv = f", torch {torch.__version__}, {torch.get_num_threads()} threads"
     except ImportError:
         tv = ""
+    hf = default_dtype()       # also what the sentence encoders' auto means
     return (f"{cpu_info().line()}, {os.cpu_count()} cores{mem}{tv}, {platform.system()} {platform.machine()}, "
-            f"dtype auto = {default_dtype()} (hf), {default_dtype(backend='vllm')} (vllm), "
-            f"{default_dtype()} (sentence encoders, on mentions)")
+            f"dtype auto = {hf} (hf), {default_dtype(backend='vllm')} (vllm), {hf} (sentence encoders, on mentions)")

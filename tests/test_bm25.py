@@ -128,23 +128,30 @@ def test_top_with_k_beyond_the_corpus_or_none():
         assert [len(d) for d, _ in index.top_product(queries, k)] == [0, 0]
 
 
+def _falls_back_with_one_warning() -> BM25Index:
+    """Link a tiny index with the kernel made unusable: one warning, the product's answers, and
+    the kernel off for the rest of the process."""
+    index = BM25Index([["john", "smith"], ["mary", "smith"], ["john", "jones"]])
+    queries = [["john", "smith"], ["smith"]]
+    with pytest.warns(RuntimeWarning, match="could not build the BM25 top-k kernel"):
+        got = index.top(queries, 2)
+    _assert_same_tops(got, _dense_top(index, queries, 2))
+    assert not bm25_kernel.enabled()
+    return index
+
+
 def test_a_kernel_numba_cannot_compile_falls_back_to_the_product(monkeypatch):
     """A numba that cannot compile the kernel (another release) costs speed, not answers: one
     warning, then the sparse product for the rest of the process."""
     errors = pytest.importorskip("numba.core.errors")
-
-    index = BM25Index([["john", "smith"], ["mary", "smith"], ["john", "jones"]])
-    queries = [["john", "smith"], ["smith"]]
 
     def broken(*args):
         raise errors.TypingError("no implementation for this construct")
 
     monkeypatch.setattr(bm25_kernel, "_kernel", lambda: broken)
     monkeypatch.setattr(bm25_kernel, "_broken", None)
-    with pytest.warns(RuntimeWarning, match="could not build the BM25 top-k kernel"):
-        got = index.top(queries, 2)
-    _assert_same_tops(got, _dense_top(index, queries, 2))
-    assert not bm25_kernel.enabled()
+    index = _falls_back_with_one_warning()
+    queries = [["john", "smith"], ["smith"]]
     _assert_same_tops(index.top(queries, 2), _dense_top(index, queries, 2))    # no second warning needed
 
 
@@ -152,15 +159,10 @@ def test_a_numba_that_cannot_be_imported_falls_back_to_the_product(monkeypatch):
     """numba found by the import system but broken (e.g. built for another numpy): the same."""
     import sys
 
-    index = BM25Index([["john", "smith"], ["mary", "smith"], ["john", "jones"]])
-    queries = [["john", "smith"], ["smith"]]
     monkeypatch.setattr(bm25_kernel, "AVAILABLE", True)
     monkeypatch.setattr(bm25_kernel, "_compiled", None)
     monkeypatch.setattr(bm25_kernel, "_broken", None)
     for name in [m for m in sys.modules if m == "numba" or m.startswith("numba.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "numba", None)          # `import numba` raises ImportError
-    with pytest.warns(RuntimeWarning, match="could not build the BM25 top-k kernel"):
-        got = index.top(queries, 2)
-    _assert_same_tops(got, _dense_top(index, queries, 2))
-    assert not bm25_kernel.enabled()
+    _falls_back_with_one_warning()
