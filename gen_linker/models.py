@@ -34,6 +34,14 @@ def resolve_llm(name: str | None = None) -> str:
         return str(Path(name).expanduser())
     if name.lower() in _LLM_ALIASES:
         return str(packaged_smollm2())
+    from .model_parts import JUDGE_MODELS, default_folder
+
+    if name.lower() in JUDGE_MODELS:
+        folder = default_folder(JUDGE_MODELS[name.lower()])
+        if not (folder / "model.safetensors").exists():
+            raise ModelNotFoundError(f"{name} is not fetched yet: gen-linker get-judge --model {name.lower()} "
+                                     f"(writes {folder})")
+        return str(folder)
     return _hub_id(name, "LLM")
 
 

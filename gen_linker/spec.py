@@ -112,6 +112,10 @@ class RerankSpec:
     llm_candidates: int = 8
     dim: bool = False                  # DIM's scores (dim.folder) as a fusion feature
     fusion: str | None = None          # a trained fusion model (gen-linker train-fusion)
+    judge: str | None = None           # fused: an LLM folder that judges unsure answers (gen-linker get-judge)
+    judge_below: float = 0.8           # ... the answers whose confidence is below this (chosen on dev)
+    judge_weight: float = 3.0          # ... its letter log-probabilities' weight beside the fusion's (chosen on dev)
+    judge_candidates: int = 5          # ... the fusion's best this many, as lettered options
 
 
 @dataclass
@@ -219,11 +223,17 @@ class LinkerSpec:
                 raise SpecError(f"{source}: {key}: {self.get(key)!r} is not one of {shown}")
         for key in ("top_k", "generative.num_demos", "generative.beams", "generative.batch_size",
                     "generative.candidates_in_prompt", "candidates.count", "rerank.candidates",
-                    "rerank.llm_candidates"):
+                    "rerank.llm_candidates", "rerank.judge_candidates"):
             value = self.get(key)
             low = 0 if key in ("generative.num_demos", "generative.candidates_in_prompt") else 1
             if value is not None and value < low:
                 raise SpecError(f"{source}: {key} must be at least {low}, not {value}")
+        if not 0.0 <= self.rerank.judge_below <= 1.0:
+            raise SpecError(f"{source}: rerank.judge_below must be a confidence in [0, 1], not {self.rerank.judge_below}")
+        if self.rerank.judge_weight < 0:
+            raise SpecError(f"{source}: rerank.judge_weight must be at least 0, not {self.rerank.judge_weight}")
+        if not 2 <= self.rerank.judge_candidates <= 10:
+            raise SpecError(f"{source}: rerank.judge_candidates must be 2 to 10, not {self.rerank.judge_candidates}")
         t = self.nil_threshold
         if t is not None and not 0.0 <= t <= 1.0:
             raise SpecError(f"{source}: nil_threshold must be a confidence in [0, 1], not {t}")
@@ -244,8 +254,8 @@ class LinkerSpec:
 # candidates.encoder are paths only when they name an existing folder (else a model name).
 PATH_KEYS = ("image_root", "backend.llm", "generative.prompt", "generative.demos", "generative.adapter",
              "candidates.encoder", "candidates.descriptions", "dim.folder", "dim.captions", "dim.regions",
-             "rerank.crossencoder", "rerank.fusion")
-_MODEL_KEYS = {"backend.llm", "candidates.encoder", "generative.prompt"}
+             "rerank.crossencoder", "rerank.fusion", "rerank.judge")
+_MODEL_KEYS = {"backend.llm", "candidates.encoder", "generative.prompt", "rerank.judge"}
 
 
 def _is_model_name(key: str, value: str, base_dir: str | Path | None = None) -> bool:

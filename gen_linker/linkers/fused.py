@@ -106,13 +106,17 @@ class FusedLinker(LinkerBase):
 
     def __init__(self, kb: KnowledgeBase, retriever, fusion=None, crossencoder=None, llm=None, dim=None,
                  pool: DemoPool | None = None, descriptions=None, num_candidates: int = 20,
-                 llm_candidates: int = 8, top_k: int = 10, rerankers: Sequence[str] | None = None) -> None:
+                 llm_candidates: int = 8, top_k: int = 10, rerankers: Sequence[str] | None = None,
+                 judge=None, judge_below: float = 0.8, judge_weight: float = 3.0, judge_candidates: int = 5) -> None:
         """`fusion` None: features only (what `train-fusion` fits on). `rerankers`: which scores
-        the features hold (default: the fusion model's, else those given)."""
+        the features hold (default: the fusion model's, else those given). `judge`: an
+        `LLMJudge` for the answers whose confidence is below `judge_below` (see `_judge`)."""
         self.kb, self.retriever, self.fusion = kb, retriever, fusion
         self.crossencoder, self.llm, self.dim, self.pool = crossencoder, llm, dim, pool
         self.descriptions = descriptions or {}
         self.num_candidates, self.llm_candidates, self.top_k = num_candidates, llm_candidates, top_k
+        self.judge, self.judge_below, self.judge_weight = judge, judge_below, judge_weight
+        self.judge_candidates = judge_candidates
         given = [n for n, x in (("ce", crossencoder), ("llm", llm), ("dim", dim)) if x is not None]
         if fusion is not None:
             wanted = fusion.card.get("rerankers", [])
@@ -164,8 +168,14 @@ class FusedLinker(LinkerBase):
             if not spec.dim.folder:
                 raise GenLinkerError("the fusion uses DIM scores: give dim.folder (--dim FOLDER)")
             dim = DIMLinker.from_spec(spec, parts)
+        judge = None
+        if r.judge and fusion is not None:
+            from ..judge import LLMJudge
+
+            judge = LLMJudge(r.judge, spec.backend.dtype)
         return cls(parts.kb, parts.retriever, fusion, ce, llm, dim, parts.pool, parts.descriptions,
-                   r.candidates, r.llm_candidates, spec.top_k or 10, wanted)
+                   r.candidates, r.llm_candidates, spec.top_k or 10, wanted, judge, r.judge_below, r.judge_weight,
+                   r.judge_candidates)
 
     @property
     def batch_size(self) -> int:
@@ -225,18 +235,49 @@ class FusedLinker(LinkerBase):
         if self.fusion is None:
             raise GenLinkerError("this fused linker has no fusion model yet: train one with gen-linker train-fusion")
         infos, feats = self.features(mentions)
-        out = []
-        for m, cands, x in zip(mentions, infos, feats):
+        ranked: list[list[tuple[str, float]]] = []
+        confidences: list[float | None] = []
+        for cands, x in zip(infos, feats):
             scores = self.fusion.scores(x)
             conf = self.fusion.confidences(scores)
-            order = np.argsort(-scores, kind="stable")[: self.top_k]
-            ranked = [Candidate(cands[i].entity_id, self.kb.get(cands[i].entity_id).name, float(scores[i]))
-                      for i in order]
-            confidence = float(conf[order[0]]) if len(order) else None
+            order = np.argsort(-scores, kind="stable")
+            ranked.append([(cands[i].entity_id, float(scores[i])) for i in order])
+            confidences.append(float(conf[order[0]]) if len(order) else None)
+        if self.judge is not None:
+            self._judge(mentions, ranked, confidences)
+        out = []
+        for m, best, confidence in zip(mentions, ranked, confidences):
+            listed = [Candidate(e, self.kb.get(e).name, s) for e, s in best[: self.top_k]]
             image_error = self.dim.featurizer.image_errors.get(str(m.image)) if self.dim is not None and m.image \
                 else None
-            out.append(_result(m, ranked, self.name, confidence, image_error))
+            out.append(_result(m, listed, self.name, confidence, image_error))
         return out
+
+    def _judge(self, mentions: Sequence[Mention], ranked: list[list[tuple[str, float]]],
+               confidences: list[float | None]) -> None:
+        """Re-rank, in place, the unsure answers' best `judge_candidates` by the fusion's
+        log-probability plus `judge_weight` x the LLM judge's (`gen_linker.judge`); their
+        confidence becomes the winner's share among the judged. Confident answers stay."""
+        from ..judge import combine, option_line, question
+
+        unsure = [i for i, c in enumerate(confidences) if c is not None and c < self.judge_below and len(ranked[i]) > 1]
+        if not unsure:
+            return
+        questions, sizes = [], []
+        for i in unsure:
+            top = ranked[i][: self.judge_candidates]
+            options = [option_line(self.kb.get(e).name, self.descriptions.get(e, self.kb.get(e).description))
+                       for e, _ in top]
+            questions.append(question(mentions[i], options))
+            sizes.append(len(top))
+        for i, logprobs in zip(unsure, self.judge.letter_logprobs(questions, sizes)):
+            top, rest = ranked[i][: len(logprobs)], ranked[i][len(logprobs):]
+            raw = np.array([s for _, s in top])
+            new = combine(raw, logprobs, self.judge_weight)
+            floor = float(np.logaddexp.reduce(raw)) - self.judge_weight * float(logprobs.min())  # below every judged one
+            order = np.argsort(-new, kind="stable")
+            ranked[i] = [(top[j][0], float(new[j])) for j in order] + [(e, s - floor) for e, s in rest]
+            confidences[i] = float(np.exp(new[order[0]] - np.logaddexp.reduce(new)))
 
 
 def nil_below(result: LinkResult, threshold: float) -> LinkResult:
