@@ -33,6 +33,18 @@ BELOW = (0.5, 0.6, 0.7, 0.8, 0.9)
 WEIGHTS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
+def fit_temperature(scores: list[np.ndarray], right: list[bool]) -> float:
+    """The temperature whose judged confidences best predict right answers (binary log loss)."""
+    from gen_linker.judge import judged_confidence
+
+    def loss(t: float) -> float:
+        p = np.clip([judged_confidence(s, t) for s in scores], 1e-6, 1 - 1e-6)
+        y = np.asarray(right, dtype=float)
+        return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+    return min((round(t, 2) for t in np.geomspace(0.25, 8.0, 41)), key=loss) if scores else 1.0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--judge", default="qwen2.5-coder-1.5b-instruct", help="the judge LLM (name or folder)")
@@ -40,6 +52,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results")
     args = ap.parse_args()
     import gen_linker.data as packaged
+    from gen_linker.fusion import expected_calibration_error
     from gen_linker.judge import LLMJudge, combine, option_line, question
     from gen_linker.loader import load_linker, read_spec
 
@@ -75,15 +88,23 @@ def main() -> int:
             grid.append({"below": below, "weight": weight, "judged": sum(plain[i].confidence < below for i in asked),
                          "top1": float(right.mean())})
     best = max(grid, key=lambda g: (round(g["top1"], 9), -g["weight"], -g["below"]))
+    judged = [(i, top, lp) for i, top, lp in zip(asked, tops, logprobs) if plain[i].confidence < best["below"]]
+    scores = [combine([c.score for c in top], lp, best["weight"]) for _, top, lp in judged]
+    right = [top[int(np.argmax(s))].entity_id == dev[i].gold for (i, top, _), s in zip(judged, scores)]
+    temperature = fit_temperature(scores, right)
     check = load_linker(kb, base.merged({"rerank.judge": args.judge, "rerank.judge_below": best["below"],
-                                         "rerank.judge_weight": best["weight"],
+                                         "rerank.judge_weight": best["weight"], "rerank.judge_temperature": temperature,
                                          "rerank.judge_candidates": args.candidates})).link(dev)
     check_top1 = float(np.mean([r.entity_id == m.gold for r, m in zip(check, dev)]))
+    ece = {"default": expected_calibration_error([r.confidence for r in plain], list(base_right)),
+           "judged": expected_calibration_error([r.confidence for r in check], [r.entity_id == m.gold
+                                                                                 for r, m in zip(check, dev)])}
     result = {"command": "python eval/fit_judge.py" + (f" --judge {args.judge}" if args.judge != ap.get_default("judge")
                                                        else ""),
               "machine": machine_line(), "date": date.today().isoformat(), "judge": args.judge,
               "dev_mentions": len(dev), "asked": len(asked), "seconds_per_question": per_question,
-              "default_top1": float(base_right.mean()), "grid": grid, "chosen": best, "linker_check_top1": check_top1}
+              "default_top1": float(base_right.mean()), "grid": grid, "chosen": best, "temperature": temperature,
+              "ece_dev": ece, "linker_check_top1": check_top1}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "judge_fit.json").write_text(json.dumps(result, indent=1))
     lines = ["# judge_fit", "",
@@ -93,7 +114,10 @@ def main() -> int:
              f"- judge: {args.judge}; {len(dev)} dev mentions, the default's Top-1 {base_right.mean():.4f}; "
              f"{len(asked)} asked (confidence < {max(BELOW)}), {per_question:.2f} s per question",
              f"- chosen: judge_below {best['below']}, judge_weight {best['weight']}: dev Top-1 {best['top1']:.4f} "
-             f"(linked again through the linker with them: {check_top1:.4f})", "",
+             f"(linked again through the linker with them: {check_top1:.4f})",
+             f"- the judged answers' confidence: temperature {temperature:.2f} (the binary log loss of confidence against "
+             f"correctness over the {len(judged)} judged dev answers, grid 0.25-8); dev ECE {ece['judged']:.3f} "
+             f"(the default alone: {ece['default']:.3f})", "",
              "| judge_below \\ judge_weight | " + " | ".join(str(w) for w in WEIGHTS) + " |",
              "|---|" + "---|" * len(WEIGHTS)]
     for below in BELOW:

@@ -59,6 +59,13 @@ def combine(fusion_scores: Sequence[float], letter_logprobs: Sequence[float], we
     return s - np.logaddexp.reduce(s) + weight * np.asarray(letter_logprobs, dtype=np.float64)
 
 
+def judged_confidence(scores: Sequence[float], temperature: float = 1.0) -> float:
+    """The best judged candidate's share of a softmax over the combined scores at `temperature`
+    (fitted on dev by eval/fit_judge.py: the sum of two log-probabilities is over-sure)."""
+    z = np.asarray(scores, dtype=np.float64) / temperature
+    return float(np.exp(z.max() - np.logaddexp.reduce(z)))
+
+
 class LLMJudge:
     """A causal LM answering multiple-choice questions: `letter_logprobs` gives, per question, the
     log-probability of each option's letter as the first answer token (one forward pass each,
@@ -117,4 +124,4 @@ class LLMJudge:
         return out
 
 
-__all__ = ["LLMJudge", "combine", "option_line", "question"]
+__all__ = ["LLMJudge", "combine", "judged_confidence", "option_line", "question"]

@@ -85,6 +85,8 @@ FLAGS: list[tuple[str, str, dict, str]] = [
      "beside the fusion's (default 3.0, chosen on dev)"),
     ("--judge-candidates", "rerank.judge_candidates", {"type": int}, "fused: options in the judge's question "
      "(default 5)"),
+    ("--judge-temperature", "rerank.judge_temperature", {"type": float}, "fused: temperature of the judged answers' "
+     "confidence (chosen on dev)"),
     ("--margin", "pipeline.margin", {"type": float},
      "pipeline: DIM also decides when the best generated name beats the next by less than this many nats "
      "(choose it on dev: linkers.pipeline.tune_margin; 0: only unusable or ambiguous generations fall back)"),

@@ -116,6 +116,7 @@ class RerankSpec:
     judge_below: float = 0.8           # ... the answers whose confidence is below this (chosen on dev)
     judge_weight: float = 3.0          # ... its letter log-probabilities' weight beside the fusion's (chosen on dev)
     judge_candidates: int = 5          # ... the fusion's best this many, as lettered options
+    judge_temperature: float = 2.18    # ... of the judged answers' confidence (chosen on dev)
 
 
 @dataclass
@@ -232,6 +233,8 @@ class LinkerSpec:
             raise SpecError(f"{source}: rerank.judge_below must be a confidence in [0, 1], not {self.rerank.judge_below}")
         if self.rerank.judge_weight < 0:
             raise SpecError(f"{source}: rerank.judge_weight must be at least 0, not {self.rerank.judge_weight}")
+        if self.rerank.judge_temperature <= 0:
+            raise SpecError(f"{source}: rerank.judge_temperature must be above 0, not {self.rerank.judge_temperature}")
         if not 2 <= self.rerank.judge_candidates <= 10:
             raise SpecError(f"{source}: rerank.judge_candidates must be 2 to 10, not {self.rerank.judge_candidates}")
         t = self.nil_threshold

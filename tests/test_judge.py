@@ -38,6 +38,14 @@ def test_combine_adds_the_weighted_judge_to_the_fusions_log_probability():
     assert int(np.argmax(combine(fused, judge, 0.0))) == 0
 
 
+def test_a_judged_answers_confidence_softens_with_the_temperature():
+    from gen_linker.judge import judged_confidence
+
+    scores = [-0.2, -2.0, -4.0]
+    sure, soft = judged_confidence(scores, 1.0), judged_confidence(scores, 2.18)
+    assert np.isclose(sure, np.exp(-0.2) / np.exp(scores).sum()) and 1 / 3 < soft < sure < 1
+
+
 @pytest.fixture(scope="module")
 def judge(tiny_llm):
     from gen_linker.judge import LLMJudge

@@ -107,7 +107,8 @@ class FusedLinker(LinkerBase):
     def __init__(self, kb: KnowledgeBase, retriever, fusion=None, crossencoder=None, llm=None, dim=None,
                  pool: DemoPool | None = None, descriptions=None, num_candidates: int = 20,
                  llm_candidates: int = 8, top_k: int = 10, rerankers: Sequence[str] | None = None,
-                 judge=None, judge_below: float = 0.8, judge_weight: float = 3.0, judge_candidates: int = 5) -> None:
+                 judge=None, judge_below: float = 0.8, judge_weight: float = 3.0, judge_candidates: int = 5,
+                 judge_temperature: float = 1.0) -> None:
         """`fusion` None: features only (what `train-fusion` fits on). `rerankers`: which scores
         the features hold (default: the fusion model's, else those given). `judge`: an
         `LLMJudge` for the answers whose confidence is below `judge_below` (see `_judge`)."""
@@ -116,7 +117,7 @@ class FusedLinker(LinkerBase):
         self.descriptions = descriptions or {}
         self.num_candidates, self.llm_candidates, self.top_k = num_candidates, llm_candidates, top_k
         self.judge, self.judge_below, self.judge_weight = judge, judge_below, judge_weight
-        self.judge_candidates = judge_candidates
+        self.judge_candidates, self.judge_temperature = judge_candidates, judge_temperature
         given = [n for n, x in (("ce", crossencoder), ("llm", llm), ("dim", dim)) if x is not None]
         if fusion is not None:
             wanted = fusion.card.get("rerankers", [])
@@ -175,7 +176,7 @@ class FusedLinker(LinkerBase):
             judge = LLMJudge(r.judge, spec.backend.dtype)
         return cls(parts.kb, parts.retriever, fusion, ce, llm, dim, parts.pool, parts.descriptions,
                    r.candidates, r.llm_candidates, spec.top_k or 10, wanted, judge, r.judge_below, r.judge_weight,
-                   r.judge_candidates)
+                   r.judge_candidates, r.judge_temperature)
 
     @property
     def batch_size(self) -> int:
@@ -257,8 +258,9 @@ class FusedLinker(LinkerBase):
                confidences: list[float | None]) -> None:
         """Re-rank, in place, the unsure answers' best `judge_candidates` by the fusion's
         log-probability plus `judge_weight` x the LLM judge's (`gen_linker.judge`); their
-        confidence becomes the winner's share among the judged. Confident answers stay."""
-        from ..judge import combine, option_line, question
+        confidence becomes the winner's share among the judged, at the temperature fitted on dev.
+        Confident answers stay."""
+        from ..judge import combine, judged_confidence, option_line, question
 
         unsure = [i for i, c in enumerate(confidences) if c is not None and c < self.judge_below and len(ranked[i]) > 1]
         if not unsure:
@@ -277,7 +279,7 @@ class FusedLinker(LinkerBase):
             floor = float(np.logaddexp.reduce(raw)) - self.judge_weight * float(logprobs.min())  # below every judged one
             order = np.argsort(-new, kind="stable")
             ranked[i] = [(top[j][0], float(new[j])) for j in order] + [(e, s - floor) for e, s in rest]
-            confidences[i] = float(np.exp(new[order[0]] - np.logaddexp.reduce(new)))
+            confidences[i] = judged_confidence(new, self.judge_temperature)
 
 
 def nil_below(result: LinkResult, threshold: float) -> LinkResult:
