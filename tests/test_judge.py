@@ -178,3 +178,15 @@ def test_a_judge_named_but_not_fetched_says_how_to_fetch_it(fusion_folder, tmp_p
     monkeypatch.setenv("GEN_LINKER_CACHE", str(tmp_path))            # an empty cache: nothing fetched
     with pytest.raises(ModelNotFoundError, match="gen-linker get-judge --model qwen2.5-coder-1.5b-instruct"):
         load_linker(KB, fusion_folder.merged({"rerank.judge": "qwen2.5-coder-1.5b-instruct"}))
+
+
+def test_the_judges_defaults_are_the_settings_chosen_on_dev():
+    import json
+    from pathlib import Path
+
+    from gen_linker.spec import RerankSpec
+
+    fit = json.loads((Path(__file__).resolve().parent.parent / "eval" / "results" / "judge_fit.json").read_text())
+    r = RerankSpec()
+    assert (r.judge_below, r.judge_weight, r.judge_temperature) == \
+        (fit["chosen"]["below"], fit["chosen"]["weight"], fit["temperature"])
