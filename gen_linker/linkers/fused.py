@@ -10,6 +10,8 @@
   a small model fitted on dev (`gen-linker train-fusion`) into one ranking with calibrated
   confidences; `nil_threshold` turns unsure answers into NIL. The LLM's own answer needs no
   special rule: where its log-probabilities are decisive, the fusion has learned to follow them.
+  With `rerank.judge`, an instruction-tuned LLM then judges the answers the fusion is unsure of
+  (`gen_linker.judge`: a multiple-choice question over its best few).
 """
 from __future__ import annotations
 
@@ -108,7 +110,7 @@ class FusedLinker(LinkerBase):
                  pool: DemoPool | None = None, descriptions=None, num_candidates: int = 20,
                  llm_candidates: int = 8, top_k: int = 10, rerankers: Sequence[str] | None = None,
                  judge=None, judge_below: float = 0.8, judge_weight: float = 3.0, judge_candidates: int = 5,
-                 judge_temperature: float = 1.0) -> None:
+                 judge_temperature: float = 2.18) -> None:
         """`fusion` None: features only (what `train-fusion` fits on). `rerankers`: which scores
         the features hold (default: the fusion model's, else those given). `judge`: an
         `LLMJudge` for the answers whose confidence is below `judge_below` (see `_judge`)."""
