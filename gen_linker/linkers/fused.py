@@ -110,7 +110,7 @@ class FusedLinker(LinkerBase):
                  pool: DemoPool | None = None, descriptions=None, num_candidates: int = 20,
                  llm_candidates: int = 8, top_k: int = 10, rerankers: Sequence[str] | None = None,
                  judge=None, judge_below: float = 0.8, judge_weight: float = 3.0, judge_candidates: int = 5,
-                 judge_temperature: float = 2.18) -> None:
+                 judge_temperature: float = 1.68) -> None:
         """`fusion` None: features only (what `train-fusion` fits on). `rerankers`: which scores
         the features hold (default: the fusion model's, else those given). `judge`: an
         `LLMJudge` for the answers whose confidence is below `judge_below` (see `_judge`)."""
@@ -148,6 +148,10 @@ class FusedLinker(LinkerBase):
         if not spec.rerank.fusion:
             raise SpecError(f"{source}: linker 'fused' needs rerank.fusion (--fusion FOLDER): a fusion model trained "
                             "with gen-linker train-fusion")
+        if spec.rerank.judge:                      # a judge not fetched yet fails before anything loads
+            from ..models import resolve_llm
+
+            resolve_llm(spec.rerank.judge)
 
     @classmethod
     def from_spec(cls, spec, parts, fusion=None, rerankers: Sequence[str] | None = None) -> "FusedLinker":
@@ -240,14 +244,16 @@ class FusedLinker(LinkerBase):
         infos, feats = self.features(mentions)
         ranked: list[list[tuple[str, float]]] = []
         confidences: list[float | None] = []
+        probabilities: list[np.ndarray] = []            # calibrated, in ranked order (the rest is NIL's)
         for cands, x in zip(infos, feats):
             scores = self.fusion.scores(x)
             conf = self.fusion.confidences(scores)
             order = np.argsort(-scores, kind="stable")
             ranked.append([(cands[i].entity_id, float(scores[i])) for i in order])
             confidences.append(float(conf[order[0]]) if len(order) else None)
+            probabilities.append(conf[order])
         if self.judge is not None:
-            self._judge(mentions, ranked, confidences)
+            self._judge(mentions, ranked, confidences, probabilities)
         out = []
         for m, best, confidence in zip(mentions, ranked, confidences):
             listed = [Candidate(e, self.kb.get(e).name, s) for e, s in best[: self.top_k]]
@@ -257,10 +263,11 @@ class FusedLinker(LinkerBase):
         return out
 
     def _judge(self, mentions: Sequence[Mention], ranked: list[list[tuple[str, float]]],
-               confidences: list[float | None]) -> None:
+               confidences: list[float | None], probabilities: list[np.ndarray]) -> None:
         """Re-rank, in place, the unsure answers' best `judge_candidates` by the fusion's
         log-probability plus `judge_weight` x the LLM judge's (`gen_linker.judge`); their
-        confidence becomes the winner's share among the judged, at the temperature fitted on dev.
+        confidence becomes the winner's share among the judged (at the temperature fitted on dev)
+        times the fusion's probability of the judged candidates (not NIL, not the rest).
         Confident answers stay."""
         from ..judge import combine, judged_confidence, option_line, question
 
@@ -281,7 +288,8 @@ class FusedLinker(LinkerBase):
             floor = float(np.logaddexp.reduce(raw)) - self.judge_weight * float(logprobs.min())  # below every judged one
             order = np.argsort(-new, kind="stable")
             ranked[i] = [(top[j][0], float(new[j])) for j in order] + [(e, s - floor) for e, s in rest]
-            confidences[i] = judged_confidence(new, self.judge_temperature)
+            confidences[i] = judged_confidence(new, self.judge_temperature,
+                                               float(probabilities[i][: len(logprobs)].sum()))
 
 
 def nil_below(result: LinkResult, threshold: float) -> LinkResult:
