@@ -2,7 +2,7 @@
 find the mentions whose entity is not in the KB?
 
     python eval/bench_nil.py [--linker-config gen_linker/data/linkers/default] [--mentions 1000]
-                             [--share 0.2] [--seed 0] [--dev 600]
+                             [--share 0.2] [--seed 0] [--dev 600] [--judge qwen2.5-coder-1.5b-instruct]
 
 The suites' seeded WikiMEL test sample; a seeded share of its mentions have their gold entity
 removed from the KB (every mention of a removed entity then has NIL as its right answer). The
@@ -11,7 +11,8 @@ answers with confidence < t become NIL, and the table gives NIL precision and re
 the mentions whose entity is in the KB, and accuracy over all mentions (NIL right where the
 entity was removed). The threshold to use is chosen the same way on dev mentions (never on
 test). ECE: the confidences against correctness on the full KB (no entity removed).
-Writes eval/results/nil.md and .json.
+Writes eval/results/nil.md and .json (with --judge, the default plus the LLM judge: nil_judge.md
+and .json).
 """
 from __future__ import annotations
 
@@ -66,8 +67,10 @@ def main() -> int:
     ap.add_argument("--dev", type=int, default=600)
     ap.add_argument("--share", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--judge", help="the LLM judge of the unsure answers (gen-linker get-judge)")
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results")
     args = ap.parse_args()
+    stem = "nil_judge" if args.judge else "nil"
     ds = datasets.load(WIKIMEL, "melbench", "test")
     test = seeded_sample(ds.valid, 1000)[: args.mentions]
     dev = seeded_sample(datasets.load(WIKIMEL, "melbench", "dev").valid, args.dev, seed=1)
@@ -75,6 +78,8 @@ def main() -> int:
     from gen_linker.loader import read_spec
 
     spec = read_spec(args.linker_config).merged(demos)
+    if args.judge:
+        spec = spec.merged({"rerank.judge": args.judge})
     t0 = time.perf_counter()
     full = load_linker(ds.kb, spec).link(test)
     conf = [r.confidence or 0.0 for r in full]
@@ -93,8 +98,9 @@ def main() -> int:
             "date": time.strftime("%Y-%m-%d"), "linker": args.linker_config, "mentions": len(test), "dev": len(dev),
             "share": args.share, "seed": args.seed, "ece": ece, "top1_full_kb": float(np.mean(hit)),
             "dev_threshold": best, "bm25_top1_full_kb": bm25_top1, "wall_s": time.perf_counter() - t0}
-    (args.out / "nil.json").write_text(json.dumps({"meta": meta, "curves": curves}, indent=2) + "\n")
-    lines = ["# Calibration and NIL (default linker, WikiMEL test)", "",
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "curves": curves}, indent=2) + "\n")
+    title = "default linker + LLM judge" if args.judge else "default linker"
+    lines = [f"# Calibration and NIL ({title}, WikiMEL test)", "",
              f"- command: `{meta['command']}`", f"- machine: {meta['machine']}", f"- date: {meta['date']}",
              f"- {len(test)} test mentions (the suites' seeded sample); demonstrations: WikiMEL train; the gold "
              f"entities of a seeded {args.share:.0%} of the mentions removed from the KB (their mentions' right "
@@ -109,7 +115,7 @@ def main() -> int:
     for r in curves["test"]:
         lines.append(f"| {r['threshold']:.2f} | {r['nil_predicted']} | {r['nil_precision']:.3f} | "
                      f"{r['nil_recall']:.3f} | {r['top1_in_kb']:.3f} | {r['accuracy']:.3f} |")
-    (args.out / "nil.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
