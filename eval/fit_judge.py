@@ -54,7 +54,7 @@ def main() -> int:
     args = ap.parse_args()
     import gen_linker.data as packaged
     from gen_linker.fusion import expected_calibration_error
-    from gen_linker.judge import LLMJudge, combine, option_line, question
+    from gen_linker.judge import LLMJudge, combine, options, question
     from gen_linker.loader import load_linker, read_spec
 
     data, split, fusion_dev, _ = disjoint_fusion_data()
@@ -74,10 +74,10 @@ def main() -> int:
              and len(r.candidates) > 1]
     t0 = time.perf_counter()
     tops = [plain[i].candidates[: args.candidates] for i in asked]
-    logprobs = judge.letter_logprobs([question(dev[i], [option_line(c.name, kb.get(c.entity_id).description)
-                                                         for c in top]) for i, top in zip(asked, tops)],
-                                     [len(top) for top in tops])
+    logprobs = judge.letter_logprobs([question(dev[i], options(kb, [c.entity_id for c in top], fused.descriptions))
+                                      for i, top in zip(asked, tops)], [len(top) for top in tops])
     per_question = (time.perf_counter() - t0) / max(1, len(asked))
+    bm25_top1 = float(np.mean([r.entity_id == m.gold for r, m in zip(load_linker(kb, {"linker": "bm25"}).link(dev), dev)]))
     base_right = np.array([r.entity_id == m.gold for r, m in zip(plain, dev)])
     grid = []
     for below in BELOW:
@@ -96,9 +96,12 @@ def main() -> int:
     masses = [float(fused.fusion.confidences(np.array([c.score for c in plain[i].candidates]))[: len(top)].sum())
               for i, top, _ in judged]             # top_k 20 = every candidate the fusion ranked
     temperature = fit_temperature(scores, right, masses)
-    check = load_linker(kb, base.merged({"rerank.judge": args.judge, "rerank.judge_below": best["below"],
-                                         "rerank.judge_weight": best["weight"], "rerank.judge_temperature": temperature,
-                                         "rerank.judge_candidates": args.candidates})).link(dev)
+    # the same dev mentions through the linker's own judging step, with the judge already loaded
+    fused.judge = judge
+    fused.judge_settings = base.merged({"rerank.judge_below": best["below"], "rerank.judge_weight": best["weight"],
+                                        "rerank.judge_temperature": temperature,
+                                        "rerank.judge_candidates": args.candidates}).rerank
+    check = fused.link(dev)
     check_top1 = float(np.mean([r.entity_id == m.gold for r, m in zip(check, dev)]))
     ece = {"default": expected_calibration_error([r.confidence for r in plain], list(base_right)),
            "judged": expected_calibration_error([r.confidence for r in check], [r.entity_id == m.gold
@@ -107,7 +110,7 @@ def main() -> int:
                                                        else ""),
               "machine": machine_line(), "date": date.today().isoformat(), "judge": args.judge,
               "dev_mentions": len(dev), "asked": len(asked), "seconds_per_question": per_question,
-              "default_top1": float(base_right.mean()), "grid": grid, "chosen": best, "temperature": temperature,
+              "bm25_top1": bm25_top1, "default_top1": float(base_right.mean()), "grid": grid, "chosen": best, "temperature": temperature,
               "ece_dev": ece, "linker_check_top1": check_top1}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "judge_fit.json").write_text(json.dumps(result, indent=1))
@@ -119,6 +122,9 @@ def main() -> int:
              f"{len(asked)} asked (confidence < {max(BELOW)}), {per_question:.2f} s per question",
              f"- chosen: judge_below {best['below']}, judge_weight {best['weight']}: dev Top-1 {best['top1']:.4f} "
              f"(linked again through the linker with them: {check_top1:.4f})",
+             "", "| linker (same dev mentions) | Top-1 |", "|---|---|", f"| bm25 | {bm25_top1:.4f} |",
+             f"| the default | {base_right.mean():.4f} |",
+             f"| the default + judge (chosen settings, through the linker) | {check_top1:.4f} |", "",
              f"- the judged answers' confidence: temperature {temperature:.2f} (the binary log loss of confidence against "
              f"correctness over the {len(judged)} judged dev answers, grid 0.25-8); dev ECE {ece['judged']:.3f} "
              f"(the default alone: {ece['default']:.3f})", "",
@@ -127,6 +133,7 @@ def main() -> int:
     for below in BELOW:
         row = [g for g in grid if g["below"] == below]
         lines.append(f"| {below} ({row[0]['judged']} judged) | " + " | ".join(f"{g['top1']:.4f}" for g in row) + " |")
+    lines.append("| bm25, the same mentions (no judge) | " + " | ".join(f"{bm25_top1:.4f}" for _ in WEIGHTS) + " |")
     (args.out / "judge_fit.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if abs(check_top1 - best["top1"]) < 1e-9 else 1

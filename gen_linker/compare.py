@@ -184,13 +184,6 @@ NEUTRAL_NEW_KEYS = {"rerank.judge", "rerank.judge_below", "rerank.judge_weight",
                     "rerank.judge_temperature"}
 
 
-def _keys(data: dict, prefix: str = "") -> set[str]:
-    out = set()
-    for k, v in data.items():
-        out |= _keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
-    return out
-
-
 def same_spec(written: str | None, spec_text: str) -> bool:
     """Does a run's saved spec describe the linker `spec_text` does? A saved spec that lacks only
     keys of NEUTRAL_NEW_KEYS is read with their defaults filled in, so adding such a key does not
@@ -200,11 +193,11 @@ def same_spec(written: str | None, spec_text: str) -> bool:
         return False
     if written == spec_text:
         return True
-    from .spec import LinkerSpec, SpecError
+    from .spec import LinkerSpec, SpecError, _flatten
 
     try:
         old = yaml.safe_load(written) or {}
-        if not _keys(yaml.safe_load(spec_text)) - _keys(old) <= NEUTRAL_NEW_KEYS:
+        if not set(_flatten(yaml.safe_load(spec_text), "spec")) - set(_flatten(old, "saved spec")) <= NEUTRAL_NEW_KEYS:
             return False
         return LinkerSpec.from_dict(old).to_yaml() == spec_text
     except (SpecError, yaml.YAMLError, TypeError, ValueError, AttributeError):

@@ -18,12 +18,12 @@ from typing import Sequence
 import numpy as np
 
 from .errors import GenLinkerError
+from .features import _life
+from .kb import KnowledgeBase
 from .schema import Mention
 
 LETTERS = "ABCDEFGHIJ"
-_SEX = re.compile(r"Sex:\s*(\w+)")
-_BIRTH = re.compile(r"Birth:\s*(\d{3,4})")
-_DEATH = re.compile(r"Death:\s*(\d{3,4})")
+_SEX = re.compile(r"Sex:\s*(\w+)")            # any value, as written (features' cue reads male/female only)
 _OCCUPATION = re.compile(r"Occupation:\s*([^.]*)")
 
 
@@ -31,18 +31,22 @@ def option_line(name: str, description: str | None, occupations: int = 5) -> str
     """One answer option: the name and what tells namesakes apart (sex, life span, the first
     few occupations of a Wikidata-style description; else the description's first words)."""
     d = description or ""
-    bits = []
-    for pattern, fmt in ((_SEX, "{}"), (_BIRTH, "born {}"), (_DEATH, "died {}")):
-        found = pattern.search(d)
-        if found:
-            value = found.group(1)
-            bits.append(fmt.format(int(value) if value.isdigit() else value))
+    sex = _SEX.search(d)
+    birth, death = _life(d)
+    bits = ([sex.group(1)] if sex else []) + ([f"born {birth}"] if birth is not None else []) \
+        + ([f"died {death}"] if death is not None else [])
     occupation = _OCCUPATION.search(d)
     if occupation and occupation.group(1).strip():
         bits.append(", ".join(occupation.group(1).split(", ")[:occupations]))
     if not bits and d.strip() and not any(f"{field}:" in d for field in ("Sex", "Birth", "Death", "Occupation")):
         bits.append(" ".join(d.split()[:16]))           # free text; a Wikidata-style one with empty fields adds nothing
     return f"{name} ({'; '.join(bits)})" if bits else name
+
+
+def options(kb: KnowledgeBase, entity_ids: Sequence[str], descriptions: dict | None = None) -> list[str]:
+    """The option lines of these candidates (`descriptions` overriding the KB's, as the linker's)."""
+    descriptions = descriptions or {}
+    return [option_line(kb.get(e).name, descriptions.get(e, kb.get(e).description)) for e in entity_ids]
 
 
 def question(mention: Mention, options: Sequence[str]) -> str:
@@ -133,4 +137,4 @@ class LLMJudge:
         return out
 
 
-__all__ = ["LLMJudge", "combine", "judged_confidence", "option_line", "question"]
+__all__ = ["LLMJudge", "combine", "judged_confidence", "option_line", "options", "question"]

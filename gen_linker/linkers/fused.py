@@ -109,17 +109,18 @@ class FusedLinker(LinkerBase):
     def __init__(self, kb: KnowledgeBase, retriever, fusion=None, crossencoder=None, llm=None, dim=None,
                  pool: DemoPool | None = None, descriptions=None, num_candidates: int = 20,
                  llm_candidates: int = 8, top_k: int = 10, rerankers: Sequence[str] | None = None,
-                 judge=None, judge_below: float = 0.8, judge_weight: float = 3.0, judge_candidates: int = 5,
-                 judge_temperature: float = 1.68) -> None:
+                 judge=None, judge_settings=None) -> None:
         """`fusion` None: features only (what `train-fusion` fits on). `rerankers`: which scores
         the features hold (default: the fusion model's, else those given). `judge`: an
-        `LLMJudge` for the answers whose confidence is below `judge_below` (see `_judge`)."""
+        `LLMJudge` for the unsure answers, with the `judge_*` values of `judge_settings` (a
+        `RerankSpec`; default: the spec's defaults, chosen on dev; see `_judge`)."""
+        from ..spec import RerankSpec
+
         self.kb, self.retriever, self.fusion = kb, retriever, fusion
         self.crossencoder, self.llm, self.dim, self.pool = crossencoder, llm, dim, pool
         self.descriptions = descriptions or {}
         self.num_candidates, self.llm_candidates, self.top_k = num_candidates, llm_candidates, top_k
-        self.judge, self.judge_below, self.judge_weight = judge, judge_below, judge_weight
-        self.judge_candidates, self.judge_temperature = judge_candidates, judge_temperature
+        self.judge, self.judge_settings = judge, judge_settings or RerankSpec()
         given = [n for n, x in (("ce", crossencoder), ("llm", llm), ("dim", dim)) if x is not None]
         if fusion is not None:
             wanted = fusion.card.get("rerankers", [])
@@ -181,8 +182,7 @@ class FusedLinker(LinkerBase):
 
             judge = LLMJudge(r.judge, spec.backend.dtype)
         return cls(parts.kb, parts.retriever, fusion, ce, llm, dim, parts.pool, parts.descriptions,
-                   r.candidates, r.llm_candidates, spec.top_k or 10, wanted, judge, r.judge_below, r.judge_weight,
-                   r.judge_candidates, r.judge_temperature)
+                   r.candidates, r.llm_candidates, spec.top_k or 10, wanted, judge, r)
 
     @property
     def batch_size(self) -> int:
@@ -269,27 +269,22 @@ class FusedLinker(LinkerBase):
         confidence becomes the winner's share among the judged (at the temperature fitted on dev)
         times the fusion's probability of the judged candidates (not NIL, not the rest).
         Confident answers stay."""
-        from ..judge import combine, judged_confidence, option_line, question
+        from ..judge import combine, judged_confidence, options, question
 
-        unsure = [i for i, c in enumerate(confidences) if c is not None and c < self.judge_below and len(ranked[i]) > 1]
+        cfg = self.judge_settings
+        unsure = [i for i, c in enumerate(confidences) if c is not None and c < cfg.judge_below and len(ranked[i]) > 1]
         if not unsure:
             return
-        questions, sizes = [], []
-        for i in unsure:
-            top = ranked[i][: self.judge_candidates]
-            options = [option_line(self.kb.get(e).name, self.descriptions.get(e, self.kb.get(e).description))
-                       for e, _ in top]
-            questions.append(question(mentions[i], options))
-            sizes.append(len(top))
-        for i, logprobs in zip(unsure, self.judge.letter_logprobs(questions, sizes)):
+        tops = [[e for e, _ in ranked[i][: cfg.judge_candidates]] for i in unsure]
+        questions = [question(mentions[i], options(self.kb, top, self.descriptions)) for i, top in zip(unsure, tops)]
+        for i, logprobs in zip(unsure, self.judge.letter_logprobs(questions, [len(top) for top in tops])):
             top, rest = ranked[i][: len(logprobs)], ranked[i][len(logprobs):]
             raw = np.array([s for _, s in top])
-            new = combine(raw, logprobs, self.judge_weight)
-            floor = float(np.logaddexp.reduce(raw)) - self.judge_weight * float(logprobs.min())  # below every judged one
+            new = combine(raw, logprobs, cfg.judge_weight)
+            floor = float(np.logaddexp.reduce(raw)) - cfg.judge_weight * float(logprobs.min())  # below every judged one
             order = np.argsort(-new, kind="stable")
             ranked[i] = [(top[j][0], float(new[j])) for j in order] + [(e, s - floor) for e, s in rest]
-            confidences[i] = judged_confidence(new, self.judge_temperature,
-                                               float(probabilities[i][: len(logprobs)].sum()))
+            confidences[i] = judged_confidence(new, cfg.judge_temperature, float(probabilities[i][: len(logprobs)].sum()))
 
 
 def nil_below(result: LinkResult, threshold: float) -> LinkResult:
