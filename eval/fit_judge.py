@@ -2,7 +2,7 @@
 (`rerank.judge_below`) and how much its letters weigh beside the fusion (`rerank.judge_weight`).
 
     gen-linker get-judge                      # once: the judge LLM, into the gen-linker cache
-    python eval/fit_judge.py [--judge qwen2.5-coder-1.5b-instruct]
+    python eval/fit_judge.py [--judge qwen2.5-coder-1.5b-instruct] [--adapter eval/runs/linkers/wikimel-judge]
 
 Dev: the entity-disjoint split's dev mentions that the default's fusion was *not* fitted on
 (the recipe fits it on a seeded 1,500 of them: its confidences on those would be optimistic),
@@ -11,7 +11,8 @@ The judge is asked once per mention whose confidence is below the largest thresh
 each grid point then re-ranks with `gen_linker.judge.combine`, as the linker does. The chosen
 point (best dev Top-1; ties to the smaller weight, then the lower threshold) is the spec's
 default; the last step links dev through the real linker with it and checks the same Top-1.
-Writes eval/results/judge_fit.md and .json.
+Writes eval/results/judge_fit.md and .json (with --adapter, a LoRA-tuned judge from
+`gen-linker train --recipe adapters/wikimel-judge.yaml`: judge_fit_ADAPTERNAME.md and .json).
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def fit_temperature(scores: list[np.ndarray], right: list[bool], masses: list[fl
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--judge", default="qwen2.5-coder-1.5b-instruct", help="the judge LLM (name or folder)")
+    ap.add_argument("--adapter", type=Path, help="the judge's trained LoRA folder (gen-linker train, task: judge)")
     ap.add_argument("--candidates", type=int, default=5, help="options per question")
     ap.add_argument("--out", type=Path, default=ROOT / "eval" / "results")
     args = ap.parse_args()
@@ -69,7 +71,7 @@ def main() -> int:
         {"generative.demos": str(pool), "generative.demos_format": "jsonl", "top_k": 20})
     fused = load_linker(kb, base)
     plain = fused.link(dev)
-    judge = LLMJudge(args.judge, base.backend.dtype)
+    judge = LLMJudge(args.judge, base.backend.dtype, adapter=str(args.adapter) if args.adapter else None)
     asked = [i for i, r in enumerate(plain) if r.confidence is not None and r.confidence < max(BELOW)
              and len(r.candidates) > 1]
     t0 = time.perf_counter()
@@ -107,18 +109,20 @@ def main() -> int:
            "judged": expected_calibration_error([r.confidence for r in check], [r.entity_id == m.gold
                                                                                  for r, m in zip(check, dev)])}
     result = {"command": "python eval/fit_judge.py" + (f" --judge {args.judge}" if args.judge != ap.get_default("judge")
-                                                       else ""),
+                                                       else "") + (f" --adapter {args.adapter}" if args.adapter else ""),
               "machine": machine_line(), "date": date.today().isoformat(), "judge": args.judge,
+              "adapter": str(args.adapter) if args.adapter else None,
               "dev_mentions": len(dev), "asked": len(asked), "seconds_per_question": per_question,
               "bm25_top1": bm25_top1, "default_top1": float(base_right.mean()), "grid": grid, "chosen": best, "temperature": temperature,
               "ece_dev": ece, "linker_check_top1": check_top1}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "judge_fit.json").write_text(json.dumps(result, indent=1))
-    lines = ["# judge_fit", "",
+    stem = "judge_fit" + (f"_{args.adapter.name}" if args.adapter else "")
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    lines = [f"# {stem}", "",
              "The LLM judge's settings chosen on dev: the entity-disjoint split's dev mentions the default's fusion "
              "was not fitted on, linked by the shipped default (pool: the split's train).", "",
              f"- command: `{result['command']}`", f"- machine: {result['machine']}", f"- date: {result['date']}",
-             f"- judge: {args.judge}; {len(dev)} dev mentions, the default's Top-1 {base_right.mean():.4f}; "
+             f"- judge: {args.judge}" + (f" + LoRA {args.adapter}" if args.adapter else "") + f"; {len(dev)} dev mentions, the default's Top-1 {base_right.mean():.4f}; "
              f"{len(asked)} asked (confidence < {max(BELOW)}), {per_question:.2f} s per question",
              f"- chosen: judge_below {best['below']}, judge_weight {best['weight']}: dev Top-1 {best['top1']:.4f} "
              f"(linked again through the linker with them: {check_top1:.4f})",
@@ -134,7 +138,7 @@ def main() -> int:
         row = [g for g in grid if g["below"] == below]
         lines.append(f"| {below} ({row[0]['judged']} judged) | " + " | ".join(f"{g['top1']:.4f}" for g in row) + " |")
     lines.append("| bm25, the same mentions (no judge) | " + " | ".join(f"{bm25_top1:.4f}" for _ in WEIGHTS) + " |")
-    (args.out / "judge_fit.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if abs(check_top1 - best["top1"]) < 1e-9 else 1
 

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_build_kb)
 
     t = sub.add_parser("train", help="train what a recipe says (task images: the image mapper; choose: the LLM's "
-                                     "choosing LoRA; linker: rerankers + fusion into a linker folder)")
+                                     "choosing LoRA; judge: the judge LLM's LoRA; linker: rerankers + fusion into a linker folder)")
     t.add_argument("--recipe", type=Path, required=True, help="adapters/NAME.yaml (see adapters/README.md)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
@@ -464,6 +464,16 @@ def cmd_train(args) -> int:
         r = card["report"]
         print(f"adapter {folder}: {r['examples']} examples, {r['steps']} steps, {r['train_s']:.0f} s, "
               f"dev Top-1 {r['dev_top1']}")
+        return 0
+    if task == "judge":
+        from .recipes import train_judge_recipe
+
+        folder, card = train_judge_recipe(args.recipe, progress=not args.no_progress)
+        r = card["report"]
+        curve = ", ".join(f"{n}: {top1:.3f}" for n, top1 in r["dev_curve"])
+        print(f"judge adapter {folder}: {r['examples']} questions, {r['steps']} steps, {r['train_s'] / 60:.1f} min, "
+              f"peak {r['peak_rss_gb']:.1f} GB; dev Top-1 by questions seen: {curve}; use it with --linker llm-choice "
+              f"--judge {card['base_llm']} --judge-adapter {folder}")
         return 0
     if task == "linker":
         from .recipes import train_linker_recipe

@@ -181,7 +181,7 @@ def sample_mentions(suite: Suite):
 # that lacks only these still describes the same linker. (Not, e.g., candidates.encoder_dtype,
 # whose default `auto` changed how mentions are encoded.)
 NEUTRAL_NEW_KEYS = {"rerank.judge", "rerank.judge_below", "rerank.judge_weight", "rerank.judge_candidates",
-                    "rerank.judge_temperature"}
+                    "rerank.judge_temperature", "rerank.judge_adapter"}
 
 
 def same_spec(written: str | None, spec_text: str) -> bool:

@@ -73,14 +73,47 @@ def judged_confidence(scores: Sequence[float], temperature: float = 1.0, mass: f
     return float(mass * np.exp(z.max() - np.logaddexp.reduce(z)))
 
 
+def check_adapter(folder: str | None) -> None:
+    """A judge adapter folder has its card and LoRA (checked before any model loads)."""
+    from pathlib import Path
+
+    if folder:
+        for part in ("judge.yaml", "lora/adapter_config.json", "lora/adapter_model.safetensors"):
+            if not (Path(folder) / part).exists():
+                raise GenLinkerError(f"judge adapter {folder}: {Path(folder) / part} is missing (write the folder "
+                                     "with gen-linker train --recipe adapters/wikimel-judge.yaml)")
+
+
+def load_judge_adapter(model, folder: str) -> dict:
+    """Merge a trained judge adapter (`judge.yaml` card + PEFT `lora/`) into `model`; its card.
+    A missing or unreadable part is an error naming the file, never a silent untrained judge."""
+    from pathlib import Path
+
+    import yaml
+
+    from .lora import load_lora
+
+    check_adapter(folder)
+    card_path, lora = Path(folder) / "judge.yaml", Path(folder) / "lora"
+    try:
+        card = yaml.safe_load(card_path.read_text())
+        load_lora(model, lora)
+    except GenLinkerError:
+        raise
+    except Exception as e:   # a corrupt safetensors or YAML file
+        raise GenLinkerError(f"judge adapter {folder} cannot be read ({card_path} or {lora}): {e}") from e
+    return card
+
+
 class LLMJudge:
     """A causal LM answering multiple-choice questions: `letter_logprobs` gives, per question, the
     log-probability of each option's letter as the first answer token (one forward pass each,
     in left-padded batches)."""
 
-    def __init__(self, llm: str, dtype: str = "auto", batch_size: int = 1) -> None:
+    def __init__(self, llm: str, dtype: str = "auto", batch_size: int = 1, adapter: str | None = None) -> None:
         """`batch_size`: questions per forward pass; 1 by default, since on 2 CPU cores batches of
-        4 (left-padded) were no faster (0.72 s per question against 0.66)."""
+        4 (left-padded) were no faster (0.72 s per question against 0.66). `adapter`: a folder
+        written by `gen-linker train --recipe` with `task: judge` (LoRA merged into the weights)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -95,6 +128,9 @@ class LLMJudge:
         except (OSError, ValueError) as e:
             raise GenLinkerError(f"the judge LLM {llm} cannot be loaded: {e}") from e
         self.batch_size = batch_size
+        self.adapter = adapter
+        if adapter:
+            load_judge_adapter(self.model, adapter)
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))
         self.letter_ids = self._letter_ids(llm)
 
@@ -137,4 +173,4 @@ class LLMJudge:
         return out
 
 
-__all__ = ["LLMJudge", "combine", "judged_confidence", "option_line", "options", "question"]
+__all__ = ["LLMJudge", "check_adapter", "combine", "judged_confidence", "load_judge_adapter", "option_line", "options", "question"]

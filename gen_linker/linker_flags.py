@@ -78,14 +78,18 @@ FLAGS: list[tuple[str, str, dict, str]] = [
     ("--judge", "rerank.judge", {"type": str},
      "fused (the default): an LLM, qwen2.5-coder-1.5b-instruct after gen-linker get-judge or a folder, asked a "
      "multiple-choice question over the best --judge-candidates when the fusion's confidence is below --judge-below; "
-     "~15x slower (0.67 s per judged mention on 2 cores), more accurate (eval/results/wikimel_trained.md)"),
+     "~15x slower (0.67 s per judged mention on 2 cores), more accurate (eval/results/wikimel_trained.md); "
+     "llm-choice: the LLM that picks among the retriever's top --judge-candidates"),
     ("--judge-below", "rerank.judge_below", {"type": float},
      "fused: judge answers whose confidence is below this (chosen on dev: eval/results/judge_fit.md)"),
     ("--judge-weight", "rerank.judge_weight", {"type": float},
      "fused: weight of the judge's letter log-probabilities beside the fusion's (chosen on dev)"),
-    ("--judge-candidates", "rerank.judge_candidates", {"type": int}, "fused: options in the judge's question"),
+    ("--judge-candidates", "rerank.judge_candidates", {"type": int},
+     "fused and llm-choice: options in the judge's question"),
     ("--judge-temperature", "rerank.judge_temperature", {"type": float},
      "fused: temperature of the judged answers' confidence (chosen on dev)"),
+    ("--judge-adapter", "rerank.judge_adapter", {"type": str},
+     "the judge's LoRA folder (gen-linker train --recipe adapters/wikimel-judge.yaml); fused and llm-choice"),
     ("--margin", "pipeline.margin", {"type": float},
      "pipeline: DIM also decides when the best generated name beats the next by less than this many nats "
      "(choose it on dev: linkers.pipeline.tune_margin; 0: only unusable or ambiguous generations fall back)"),

@@ -117,8 +117,6 @@ def train_choice(linker, train: Sequence[Mention], dev: Sequence[Mention] = (),
 
     from tqdm import tqdm
 
-    from .lora import LoraSpec, add_lora, lora_parameters
-
     config = config or ChoiceTrainConfig()
     if not hasattr(linker.backend, "model"):
         raise GenLinkerError("LoRA training needs the hf backend (it back-propagates through the LLM)")
@@ -128,18 +126,8 @@ def train_choice(linker, train: Sequence[Mention], dev: Sequence[Mention] = (),
     rng = random.Random(config.seed)
     if config.mentions and config.mentions < len(examples):
         examples = rng.sample(examples, config.mentions)
-    torch.manual_seed(config.seed)
     model = linker.backend.model
-    model.requires_grad_(False)
-    spec = LoraSpec.from_recipe(config.lora)
-    params = add_lora(model, spec)
-    for p in params.values():
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=0.0)
-    out = Path(output) if output else None
-    report, step = ChoiceReport(examples=len(examples)), 0
-    if out is not None and (out / "checkpoint" / "state.json").exists():
-        step, report = _load_checkpoint(out / "checkpoint", params, optimizer)
+    params, optimizer, out, report, step = start_lora_training(model, config, output, len(examples))
 
     # Prompts are fixed per epoch: candidates, gold-dropping and demonstrations drawn once, seeded.
     lists = choice_lists(linker, examples, config.candidates, config.drop_gold, random.Random(config.seed + 1))
@@ -210,6 +198,25 @@ def train_choice(linker, train: Sequence[Mention], dev: Sequence[Mention] = (),
         _load_weights(out / "best", params)
     report.peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return report
+
+
+def start_lora_training(model: torch.nn.Module, config, output: str | Path | None, examples: int):
+    """Fresh LoRA layers (`config.lora`) on the frozen `model`, AdamW over them (`config.lr`,
+    seeded by `config.seed`), and where `output/checkpoint` holds a killed run's state, that
+    state: (params, optimizer, output folder or None, report, step)."""
+    from .lora import LoraSpec, add_lora
+
+    torch.manual_seed(config.seed)
+    model.requires_grad_(False)
+    params = add_lora(model, LoraSpec.from_recipe(config.lora))
+    for p in params.values():
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=0.0)
+    out = Path(output) if output else None
+    report, step = ChoiceReport(examples=examples), 0
+    if out is not None and (out / "checkpoint" / "state.json").exists():
+        step, report = _load_checkpoint(out / "checkpoint", params, optimizer)
+    return params, optimizer, out, report, step
 
 
 @torch.no_grad()

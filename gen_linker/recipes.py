@@ -1,10 +1,13 @@
 """Training recipes: small YAML files in `adapters/` that say what to train, on which data,
 with which seed, so that `gen-linker train --recipe FILE` reproduces an artefact.
 
-Three tasks:
+Four tasks:
 - `images` (default; `gen_linker.adapters`): the image mapper (and optional LoRA) of GEMEL.
 - `choose`: LoRA on the LLM to choose among listed candidates (`gen_linker.llm_training`);
   writes an adapter folder (`adapter.yaml` + `lora/`) that `generative.adapter` loads.
+- `judge`: LoRA on the judge LLM to answer its multiple-choice question with the gold's letter
+  (`gen_linker.judge_training`); writes a folder (`judge.yaml` + `lora/`) that
+  `rerank.judge_adapter` loads (the `llm-choice` linker, and the fused linker's judge).
 - `linker`: a whole fused linker, step by step, each step skipped when its output is complete
   (a killed run resumes): a fine-tuned bi-encoder (the dense retriever), a cross-encoder, the
   choosing LoRA, and the fusion fitted on dev; writes a saved linker folder.
@@ -27,7 +30,7 @@ import yaml
 
 from .errors import GenLinkerError
 
-TASKS = ("images", "choose", "linker")
+TASKS = ("images", "choose", "judge", "linker")
 DATA_KEYS = {"path", "format", "holdout_new_entities", "seed"}
 
 
@@ -164,6 +167,64 @@ def train_choose(data: RecipeData, config, output: Path, llm: str | None = None,
     return card
 
 
+# ---------------------------------------------------------------------------- task: judge
+JUDGE_KEYS = {"task", "name", "data", "kb", "train", "dev", "output", "llm", "dtype", "description", "encoder"}
+
+
+def judge_config(recipe: dict, where: str):
+    """A judge recipe's training config: its keys other than JUDGE_KEYS (unknown ones named);
+    `llm` is required (a judge LLM: gen-linker get-judge)."""
+    from .judge_training import JudgeTrainConfig
+
+    if not recipe.get("llm"):
+        raise GenLinkerError(f"{where}: llm (the judge LLM, e.g. qwen2.5-coder-1.5b-instruct) is required")
+    config = _config(JudgeTrainConfig, {k: v for k, v in recipe.items() if k not in JUDGE_KEYS}, where)
+    if not 2 <= config.candidates <= 10 or not 0.0 <= config.hard_share <= 1.0 or config.mentions < 1:
+        raise GenLinkerError(f"{where}: candidates must be 2 to 10, hard_share in [0, 1], mentions at least 1")
+    return config
+
+
+def train_judge_recipe(path: str | Path, progress: bool = True) -> tuple[Path, dict]:
+    """Train the judge's LoRA a recipe describes; the adapter folder and its card. Questions
+    are over the default retriever's top C (BM25 + the packaged MiniLM, or `encoder`), as the
+    `llm-choice` linker asks them; the dev Top-1 is measured on a seeded sample of the recipe's dev."""
+    import random
+
+    from .candidates import CandidateRetriever
+    from .encoders import SentenceEncoder
+    from .judge import LLMJudge
+    from .judge_training import questions, train_judge, training_questions
+    from .lora import LoraSpec, save_lora
+    from .models import resolve_llm
+
+    path = Path(path)
+    recipe = _read(path)
+    where = f"recipe {path}"
+    config = judge_config(recipe, where)
+    resolve_llm(recipe["llm"])                    # not fetched: fail before the data loads
+    data = RecipeData(recipe, path.parent, where)
+    output = Path(_resolve(path.parent, recipe.get("output", path.stem)))
+    t0 = time.perf_counter()
+    encoder = _resolve(path.parent, recipe["encoder"]) if recipe.get("encoder") else None   # None: packaged MiniLM
+    retriever = CandidateRetriever(data.kb, SentenceEncoder(encoder, dtype="float32"), show_progress=progress)
+    asked = training_questions(data.kb, retriever, data.train, config)
+    dev_sample = random.Random(config.seed).sample(data.dev, min(config.dev_mentions, len(data.dev)))
+    dev = questions(data.kb, retriever, [m for m in dev_sample if m.gold is not None], config.candidates)
+    judge = LLMJudge(recipe["llm"], recipe.get("dtype", "auto"))
+    report = train_judge(judge, asked, dev, config, output / "training", progress=progress)
+    spec = LoraSpec.from_recipe(config.lora)
+    save_lora(judge.model, spec, output / "lora", base=recipe["llm"])
+    card = {"name": recipe.get("name", path.stem), "task": "judge", "recipe": _recipe_ref(path),
+            "description": recipe.get("description"), "base_llm": recipe["llm"], "candidates": config.candidates,
+            "dtype": str(judge.model.dtype).removeprefix("torch."), "data": data.describe,
+            "training_data_licence": TRAINING_DATA_LICENCE,
+            "questions": {"total": len(asked), "gold_not_first": sum(q.gold > 0 for q in asked)},
+            "training": asdict(config), "report": asdict(report), "lora": dict(spec.__dict__),
+            "wall_minutes": (time.perf_counter() - t0) / 60, "created": time.strftime("%Y-%m-%d %H:%M")}
+    (output / "judge.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+    return output, card
+
+
 # ---------------------------------------------------------------------------- task: linker
 LINKER_KEYS = {"task", "name", "data", "kb", "train", "dev", "output", "llm", "dtype", "candidates", "biencoder",
                "crossencoder", "choose", "fusion", "description", "prompt", "llm_candidates", "fusion_dev_mentions",
@@ -203,6 +264,8 @@ def check_recipe(path: str | Path) -> str:
         return task
     if task == "choose":
         choose_config(recipe, where)
+    elif task == "judge":
+        judge_config(recipe, where)
     else:
         linker_configs(recipe, where)
     check_data(recipe, where)

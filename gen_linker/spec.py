@@ -117,6 +117,7 @@ class RerankSpec:
     judge_weight: float = 3.0          # ... its letter log-probabilities' weight beside the fusion's (chosen on dev)
     judge_candidates: int = 5          # ... the fusion's best this many, as lettered options
     judge_temperature: float = 1.68    # ... of the judged answers' confidence (chosen on dev)
+    judge_adapter: str | None = None   # the judge's trained LoRA (gen-linker train, task: judge); also llm-choice's
 
 
 @dataclass
@@ -257,7 +258,7 @@ class LinkerSpec:
 # candidates.encoder are paths only when they name an existing folder (else a model name).
 PATH_KEYS = ("image_root", "backend.llm", "generative.prompt", "generative.demos", "generative.adapter",
              "candidates.encoder", "candidates.descriptions", "dim.folder", "dim.captions", "dim.regions",
-             "rerank.crossencoder", "rerank.fusion", "rerank.judge")
+             "rerank.crossencoder", "rerank.fusion", "rerank.judge", "rerank.judge_adapter")
 _MODEL_KEYS = {"backend.llm", "candidates.encoder", "generative.prompt", "rerank.judge"}
 
 

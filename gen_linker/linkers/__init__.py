@@ -10,6 +10,7 @@ light and a linker's dependencies load only when it is asked for. Add one with `
 | `dwe` | DWE ranks retrieved candidates (a folder trained with `train-dim --arch dwe`) |
 | `pipeline` | generative, with DIM deciding where the generation is unusable or unsure |
 | `fused` | retrieval + trained rerankers (cross-encoder, task-tuned LLM, DIM) + features, fused by a model fitted on dev |
+| `llm-choice` | an LLM (`--judge`, optionally LoRA-tuned: `--judge-adapter`) picks among the retriever's top C by letter (UniMEL) |
 | `crossencoder` | a trained cross-encoder reorders the retrieved candidates |
 | `dense` | dense retrieval alone (the spec's sentence encoder, e.g. a fine-tuned bi-encoder) |
 | `retrieval` | the candidate retriever alone (BM25 over names + dense, rank-fused) |
@@ -28,6 +29,7 @@ LINKERS: dict[str, str] = {
     "dwe": "gen_linker.linkers.dwe:DWELinker",
     "pipeline": "gen_linker.linkers.pipeline:PipelineLinker",
     "fused": "gen_linker.linkers.fused:FusedLinker",
+    "llm-choice": "gen_linker.linkers.choice:ChoiceLinker",
     "crossencoder": "gen_linker.linkers.fused:CrossEncoderLinker",
     "dense": "gen_linker.linkers.fused:DenseLinker",
     "retrieval": "gen_linker.linkers.baselines:RetrievalLinker",

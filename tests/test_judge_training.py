@@ -1,0 +1,152 @@
+"""Task-tuning the judge LLM (a real tiny Llama built from a config) and the llm-choice linker
+that asks it: training lowers the loss and changes the answers, the saved adapter reloads to the
+same answers, a killed run resumes, a missing or corrupt adapter is named, the recipe runs."""
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ENTITIES, TEST, TRAIN, write_jsonl
+from gen_linker.errors import GenLinkerError
+from gen_linker.kb import KnowledgeBase
+from gen_linker.schema import Entity, Mention
+
+KB = KnowledgeBase.from_entities([Entity.from_dict(e) for e in ENTITIES])
+
+
+@pytest.fixture(scope="module")
+def retriever(tiny_bert):
+    from gen_linker.candidates import CandidateRetriever
+    from gen_linker.encoders import SentenceEncoder
+
+    return CandidateRetriever(KB, SentenceEncoder(str(tiny_bert)))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_llm, retriever, tmp_path_factory):
+    """(untrained answers, trained judge, its questions, report, adapter folder)."""
+    from gen_linker.judge import LLMJudge
+    from gen_linker.judge_training import JudgeTrainConfig, questions, train_judge
+    from gen_linker.lora import LoraSpec, save_lora
+
+    config = JudgeTrainConfig(candidates=4, epochs=6, lr=3e-3, batch_size=2, checkpoint_every=2,
+                              lora={"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]})
+    asked = [q for q in questions(KB, retriever, [Mention.from_dict(r) for r in TRAIN], 4) if q.gold is not None]
+    judge = LLMJudge(str(tiny_llm), dtype="float32")
+    before = judge.letter_logprobs([q.text for q in asked], [len(q.entity_ids) for q in asked])
+    out = tmp_path_factory.mktemp("judge_adapter")
+    report = train_judge(judge, asked, asked, config, out / "training", progress=False)
+    save_lora(judge.model, LoraSpec.from_recipe(config.lora), out / "lora", base=str(tiny_llm))
+    (out / "judge.yaml").write_text(yaml.safe_dump({"task": "judge", "base_llm": str(tiny_llm)}))
+    return before, judge, asked, report, out, config
+
+
+def test_questions_list_the_retrievers_top_c_in_its_order(retriever):
+    from gen_linker.judge_training import questions
+
+    mentions = [Mention.from_dict(r) for r in TEST]
+    asked = questions(KB, retriever, mentions, 3)
+    for q, cands in zip(asked, retriever.retrieve(mentions, 3)):
+        assert q.entity_ids == [c.entity_id for c in cands]
+        assert q.gold == (q.entity_ids.index(q.mention.gold) if q.mention.gold in q.entity_ids else None)
+        assert f"A. {KB.get(q.entity_ids[0]).name}" in q.text
+
+
+def test_training_the_judge_lowers_its_loss_and_changes_its_answers(trained):
+    from gen_linker.judge_training import alone_top1
+
+    before, judge, asked, report, _, _ = trained
+    after = judge.letter_logprobs([q.text for q in asked], [len(q.entity_ids) for q in asked])
+    assert report.loss_curve[-1] < report.loss_curve[0]
+    assert any(int(np.argmax(a)) != int(np.argmax(b)) for a, b in zip(before, after))
+    gold_before = np.mean([b[q.gold] for b, q in zip(before, asked)])
+    gold_after = np.mean([a[q.gold] for a, q in zip(after, asked)])
+    assert gold_after > gold_before
+    assert report.dev_curve[0][0] == 0 and report.dev_curve[-1][1] == alone_top1(judge, asked)
+    assert report.dev_curve[-1][1] > report.dev_curve[0][1]      # on what it was trained on: it learned
+
+
+def test_a_finished_run_resumes_from_its_checkpoint_without_training_again(trained, tiny_llm):
+    from gen_linker.judge import LLMJudge
+    from gen_linker.judge_training import train_judge
+
+    _, judge, asked, report, out, config = trained
+    fresh = LLMJudge(str(tiny_llm), dtype="float32")
+    again = train_judge(fresh, asked, (), config, out / "training", progress=False)
+    assert again.steps == report.steps and again.loss_curve == report.loss_curve
+    texts, sizes = [q.text for q in asked], [len(q.entity_ids) for q in asked]
+    for a, b in zip(fresh.letter_logprobs(texts, sizes), judge.letter_logprobs(texts, sizes)):
+        assert np.allclose(a, b, atol=1e-5)                        # the checkpoint's weights
+
+
+def test_the_saved_adapter_reloads_to_the_same_answers_and_llm_choice_links_by_them(trained, tiny_llm, tiny_bert):
+    from gen_linker import load_linker
+    from gen_linker.judge import LLMJudge
+
+    _, judge, asked, _, out, _ = trained
+    texts, sizes = [q.text for q in asked], [len(q.entity_ids) for q in asked]
+    loaded = LLMJudge(str(tiny_llm), dtype="float32", adapter=str(out))
+    for a, b in zip(loaded.letter_logprobs(texts, sizes), judge.letter_logprobs(texts, sizes)):
+        assert np.allclose(a, b, atol=1e-4)
+    spec = {"linker": "llm-choice", "candidates": {"encoder": str(tiny_bert), "encoder_dtype": "float32"},
+            "backend": {"dtype": "float32"}, "top_k": 6,
+            "rerank": {"judge": str(tiny_llm), "judge_adapter": str(out), "judge_candidates": 4}}
+    mentions = [q.mention for q in asked]
+    results = load_linker(KB, spec).link(mentions)
+    for q, r, lp in zip(asked, results, loaded.letter_logprobs(texts, sizes)):
+        assert r.entity_id == q.entity_ids[int(np.argmax(lp))]
+        assert [c.entity_id for c in r.candidates[:4]] == [q.entity_ids[i] for i in np.argsort(-lp, kind="stable")]
+        assert all(a.score >= b.score for a, b in zip(r.candidates, r.candidates[1:])) and len(r.candidates) == 6
+        assert np.isclose(r.confidence, np.exp(lp.max()))
+
+
+def test_a_missing_or_corrupt_judge_adapter_is_named(trained, tiny_llm, tmp_path):
+    import shutil
+
+    from gen_linker.judge import LLMJudge
+
+    out = trained[4]
+    missing = tmp_path / "missing"
+    shutil.copytree(out, missing)
+    (missing / "judge.yaml").unlink()
+    with pytest.raises(GenLinkerError, match="judge.yaml is missing"):
+        LLMJudge(str(tiny_llm), dtype="float32", adapter=str(missing))
+    from gen_linker import load_linker
+
+    with pytest.raises(GenLinkerError, match="judge.yaml is missing"):     # before any model loads
+        load_linker(KB, {"linker": "llm-choice", "rerank": {"judge": str(tiny_llm), "judge_adapter": str(missing)}})
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(out, corrupt)
+    (corrupt / "lora" / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(GenLinkerError, match="corrupt"):
+        LLMJudge(str(tiny_llm), dtype="float32", adapter=str(corrupt))
+
+
+def test_llm_choice_without_a_judge_says_what_it_needs(tiny_bert):
+    from gen_linker import load_linker
+    from gen_linker.spec import SpecError
+
+    with pytest.raises(SpecError, match="rerank.judge"):
+        load_linker(KB, {"linker": "llm-choice", "candidates": {"encoder": str(tiny_bert)}})
+
+
+def test_the_judge_recipe_trains_and_writes_a_card_with_its_learning_curve(tiny_llm, tiny_bert, tmp_path, capsys):
+    from gen_linker.cli import main
+
+    write_jsonl(tmp_path / "kb.jsonl", ENTITIES)
+    write_jsonl(tmp_path / "train.jsonl", TRAIN)
+    write_jsonl(tmp_path / "dev.jsonl", TEST)
+    recipe = tmp_path / "judge.yaml"
+    recipe.write_text(yaml.safe_dump({"task": "judge", "kb": "kb.jsonl", "train": "train.jsonl", "dev": "dev.jsonl",
+                                      "llm": str(tiny_llm), "encoder": str(tiny_bert), "dtype": "float32",
+                                      "output": "out", "candidates": 4, "mentions": 4, "lr": 1e-3, "batch_size": 2,
+                                      "dev_every": 1, "lora": {"r": 2, "alpha": 4, "targets": ["q_proj"]}}))
+    assert main(["train", "--recipe", str(recipe), "--no-progress"]) == 0
+    card = yaml.safe_load((tmp_path / "out" / "judge.yaml").read_text())
+    assert card["task"] == "judge" and card["questions"]["total"] <= 4 and card["report"]["steps"] >= 1
+    assert [n for n, _ in card["report"]["dev_curve"]] == [2 * i for i in range(card["report"]["steps"] + 1)]
+    assert (tmp_path / "out" / "lora" / "adapter_model.safetensors").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"task": "judge", "kb": "kb.jsonl", "train": "train.jsonl", "llm": str(tiny_llm),
+                                   "hard_shares": 0.5}))
+    assert main(["train", "--recipe", str(bad)]) != 0
+    assert "unknown key(s) hard_shares" in capsys.readouterr().err
