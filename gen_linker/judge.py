@@ -84,9 +84,10 @@ def check_adapter(folder: str | None) -> None:
                                      "with gen-linker train --recipe adapters/wikimel-judge.yaml)")
 
 
-def load_judge_adapter(model, folder: str) -> dict:
+def load_judge_adapter(model, folder: str, base: str | None = None) -> dict:
     """Merge a trained judge adapter (`judge.yaml` card + PEFT `lora/`) into `model`; its card.
-    A missing or unreadable part is an error naming the file, never a silent untrained judge."""
+    A missing or unreadable part is an error naming the file, never a silent untrained judge;
+    one trained on another LLM than `base` is refused."""
     from pathlib import Path
 
     import yaml
@@ -97,12 +98,33 @@ def load_judge_adapter(model, folder: str) -> dict:
     card_path, lora = Path(folder) / "judge.yaml", Path(folder) / "lora"
     try:
         card = yaml.safe_load(card_path.read_text())
+    except yaml.YAMLError as e:
+        raise GenLinkerError(f"judge adapter {folder}: {card_path} is not valid YAML: {e}") from e
+    if not isinstance(card, dict) or card.get("task") != "judge":
+        raise GenLinkerError(f"judge adapter {folder}: {card_path} is not a judge adapter's card (task: judge)")
+    if base is not None and card.get("base_llm") and not _same_llm(card["base_llm"], base):
+        raise GenLinkerError(f"judge adapter {folder} was trained on {card['base_llm']}, not on the judge {base}")
+    try:
         load_lora(model, lora)
     except GenLinkerError:
         raise
-    except Exception as e:   # a corrupt safetensors or YAML file
-        raise GenLinkerError(f"judge adapter {folder} cannot be read ({card_path} or {lora}): {e}") from e
+    except Exception as e:   # a corrupt or mismatched safetensors file
+        raise GenLinkerError(f"judge adapter {folder}: {lora / 'adapter_model.safetensors'} cannot be loaded: {e}") from e
     return card
+
+
+def _same_llm(a: str, b: str) -> bool:
+    """Do two names or folders of an LLM mean the same model (names resolved in the cache)?"""
+    from pathlib import Path
+
+    from .models import resolve_llm
+
+    def where(name: str) -> str:
+        try:
+            return str(Path(resolve_llm(name)).resolve())
+        except GenLinkerError:
+            return name.lower()
+    return a.lower() == b.lower() or where(a) == where(b)
 
 
 class LLMJudge:
@@ -130,7 +152,7 @@ class LLMJudge:
         self.batch_size = batch_size
         self.adapter = adapter
         if adapter:
-            load_judge_adapter(self.model, adapter)
+            load_judge_adapter(self.model, adapter, llm)
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))
         self.letter_ids = self._letter_ids(llm)
 

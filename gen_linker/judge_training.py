@@ -45,7 +45,8 @@ class JudgeTrainConfig:
     dev_mentions: int = 100           # dev mentions the learning curve is measured on
     dev_every: int | None = None      # optimizer steps between dev checks
     checkpoint_every: int = 25        # optimizer steps between checkpoints
-    max_minutes: float | None = None  # stop (and keep what was learned) after this long
+    max_minutes: float | None = None  # stop (and keep what was learned) after this many minutes of training
+                                      # in all: a resumed run counts the time before (raise it to go on)
     lora: dict = field(default_factory=lambda: {"r": 16, "alpha": 32, "dropout": 0.05,
                                                 "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]})
     seed: int = 0
@@ -159,7 +160,7 @@ def train_judge(judge: LLMJudge, asked: Sequence[Question], dev: Sequence[Questi
         if dev and (last or (config.dev_every and step % config.dev_every == 0)):
             dev_point()
         if out is not None and (step % config.checkpoint_every == 0 or last):
-            _save_checkpoint(out / "checkpoint", params, optimizer, step, report)
+            _save_checkpoint(out / "checkpoint", params, optimizer, step, report, config)
         if over_time:
             report.stopped_early = True
             break

@@ -43,7 +43,8 @@ class ChoiceTrainConfig:
     dev_mentions: int = 200           # dev mentions scored after each epoch (and every dev_every steps)
     dev_every: int | None = None      # optimizer steps between dev checks (the learning curve)
     checkpoint_every: int = 100       # optimizer steps between checkpoints
-    max_minutes: float | None = None  # stop (and keep what was learned) after this long
+    max_minutes: float | None = None  # stop (and keep what was learned) after this many minutes of training
+                                      # in all: a resumed run counts the time before (raise it to go on)
     lora: dict = field(default_factory=lambda: {"r": 16, "alpha": 32, "targets": ["q_proj", "k_proj", "v_proj",
                                                                                   "o_proj"]})
     seed: int = 0
@@ -188,7 +189,7 @@ def train_choice(linker, train: Sequence[Mention], dev: Sequence[Mention] = (),
                 if out is not None:
                     _save_weights(out / "best", params)
         if out is not None and (step % config.checkpoint_every == 0 or end_of_epoch):
-            _save_checkpoint(out / "checkpoint", params, optimizer, step, report)
+            _save_checkpoint(out / "checkpoint", params, optimizer, step, report, config)
         if over_time:
             report.stopped_early = True
             break
@@ -214,8 +215,8 @@ def start_lora_training(model: torch.nn.Module, config, output: str | Path | Non
     optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=0.0)
     out = Path(output) if output else None
     report, step = ChoiceReport(examples=examples), 0
-    if out is not None and (out / "checkpoint" / "state.json").exists():
-        step, report = _load_checkpoint(out / "checkpoint", params, optimizer)
+    if out is not None and any((out / name / "state.json").exists() for name in ("checkpoint", "checkpoint.old")):
+        step, report = _load_checkpoint(out / "checkpoint", params, optimizer, config)
     return params, optimizer, out, report, step
 
 
@@ -245,17 +246,49 @@ def _load_weights(folder: Path, params: Mapping[str, torch.Tensor]) -> None:
             params[n].copy_(value)
 
 
-def _save_checkpoint(folder: Path, params, optimizer, step: int, report: ChoiceReport) -> None:
-    _save_weights(folder, params)
-    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
-    tmp = folder / "state.json.tmp"
-    tmp.write_text(json.dumps({"step": step, "report": asdict(report)}))
-    tmp.replace(folder / "state.json")
+# What may change between a killed run and its resumption (the rest decides what a step means).
+RESUMABLE_CHANGES = {"max_minutes", "dev_mentions", "dev_every", "checkpoint_every"}
 
 
-def _load_checkpoint(folder: Path, params, optimizer) -> tuple[int, ChoiceReport]:
-    _load_weights(folder, params)
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+def _trained_config(config) -> dict:
+    return {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
+
+
+def _save_checkpoint(folder: Path, params, optimizer, step: int, report: ChoiceReport, config=None) -> None:
+    """The LoRA weights, optimizer, step, report and training config, written whole: into a
+    fresh folder renamed over the old one, so a kill mid-write leaves the previous checkpoint."""
+    import shutil
+
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _save_weights(tmp, params)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    state = {"step": step, "report": asdict(report), "config": _trained_config(config) if config else None}
+    (tmp / "state.json").write_text(json.dumps(state))
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(folder: Path, params, optimizer, config=None) -> tuple[int, ChoiceReport]:
+    """A killed run's state; one trained with other settings (other than RESUMABLE_CHANGES) or
+    unreadable is an error naming the folder, not a silent mix of two runs."""
+    if not (folder / "state.json").exists() and folder.with_name(folder.name + ".old").exists():
+        folder = folder.with_name(folder.name + ".old")          # killed between the two renames
     state = json.loads((folder / "state.json").read_text())
+    saved = state.get("config")
+    if config is not None and saved is not None and saved != json.loads(json.dumps(_trained_config(config))):
+        changed = sorted(k for k in set(saved) | set(_trained_config(config))
+                         if saved.get(k) != json.loads(json.dumps(_trained_config(config))).get(k))
+        raise GenLinkerError(f"the checkpoint {folder} was trained with other settings ({', '.join(changed)}): "
+                             "delete it to start again, or restore the recipe's values")
+    try:
+        _load_weights(folder, params)
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    except Exception as e:
+        raise GenLinkerError(f"the checkpoint {folder} cannot be loaded ({e}): delete it to start again") from e
     report = ChoiceReport(**{**state["report"], "dev_curve": [tuple(x) for x in state["report"]["dev_curve"]]})
+    report.stopped_early = False        # resumed: the card says whether *this* run stopped early
     return int(state["step"]), report

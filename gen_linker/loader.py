@@ -251,7 +251,8 @@ ARTEFACTS = {"dim.folder": ("dim", ("dim.yaml", "dim.safetensors")),
              "candidates.encoder": ("biencoder", _RERANKER_FILES),
              "generative.adapter": ("adapter", ("adapter.yaml", "mapper", "lora")),
              "rerank.crossencoder": ("crossencoder", _RERANKER_FILES),
-             "rerank.fusion": ("fusion", ("fusion.yaml", "fusion.safetensors"))}
+             "rerank.fusion": ("fusion", ("fusion.yaml", "fusion.safetensors")),
+             "rerank.judge_adapter": ("judge_adapter", ("judge.yaml", "lora"))}
 
 
 def warm_caches(linker, kb: KnowledgeBase) -> None:

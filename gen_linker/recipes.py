@@ -178,16 +178,33 @@ def judge_config(recipe: dict, where: str):
 
     if not recipe.get("llm"):
         raise GenLinkerError(f"{where}: llm (the judge LLM, e.g. qwen2.5-coder-1.5b-instruct) is required")
+    from .lora import LoraSpec
+    from .spec import DTYPES
+
     config = _config(JudgeTrainConfig, {k: v for k, v in recipe.items() if k not in JUDGE_KEYS}, where)
-    if not 2 <= config.candidates <= 10 or not 0.0 <= config.hard_share <= 1.0 or config.mentions < 1:
-        raise GenLinkerError(f"{where}: candidates must be 2 to 10, hard_share in [0, 1], mentions at least 1")
+    if not 2 <= config.candidates <= 10 or not 0.0 <= config.hard_share <= 1.0:
+        raise GenLinkerError(f"{where}: candidates must be 2 to 10 and hard_share in [0, 1]")
+    for key in ("mentions", "pool", "epochs", "batch_size", "checkpoint_every", "dev_mentions"):
+        if getattr(config, key) < 1:
+            raise GenLinkerError(f"{where}: {key} must be at least 1, not {getattr(config, key)}")
+    if config.lr <= 0:
+        raise GenLinkerError(f"{where}: lr must be above 0, not {config.lr}")
+    if recipe.get("dtype", "auto") not in DTYPES:
+        raise GenLinkerError(f"{where}: dtype {recipe['dtype']!r} is not one of {', '.join(DTYPES)}")
+    try:
+        if LoraSpec.from_recipe(config.lora) is None:
+            raise GenLinkerError("lora cannot be false: the judge's training is its LoRA")
+    except GenLinkerError as e:
+        raise GenLinkerError(f"{where}: {e}") from None
     return config
 
 
 def train_judge_recipe(path: str | Path, progress: bool = True) -> tuple[Path, dict]:
     """Train the judge's LoRA a recipe describes; the adapter folder and its card. Questions
     are over the default retriever's top C (BM25 + the packaged MiniLM, or `encoder`), as the
-    `llm-choice` linker asks them; the dev Top-1 is measured on a seeded sample of the recipe's dev."""
+    `llm-choice` linker asks them (here encoded in float32: a linker encoding mentions in bf16
+    may order a few candidates otherwise); the dev Top-1 of the LLM alone is measured on a
+    seeded sample of the recipe's dev. The LoRA kept is the last step's (one epoch)."""
     import random
 
     from .candidates import CandidateRetriever
@@ -219,8 +236,10 @@ def train_judge_recipe(path: str | Path, progress: bool = True) -> tuple[Path, d
             "dtype": str(judge.model.dtype).removeprefix("torch."), "data": data.describe,
             "training_data_licence": TRAINING_DATA_LICENCE,
             "questions": {"total": len(asked), "gold_not_first": sum(q.gold > 0 for q in asked)},
-            "training": asdict(config), "report": asdict(report), "lora": dict(spec.__dict__),
-            "wall_minutes": (time.perf_counter() - t0) / 60, "created": time.strftime("%Y-%m-%d %H:%M")}
+            "training": asdict(config), "lora": dict(spec.__dict__),
+            "report": {k: v for k, v in asdict(report).items() if k not in ("dev_top1", "best_epoch")},
+            "training_minutes": report.train_s / 60,                  # over every resumption, dev points included
+            "wall_minutes_this_run": (time.perf_counter() - t0) / 60, "created": time.strftime("%Y-%m-%d %H:%M")}
     (output / "judge.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
     return output, card
 

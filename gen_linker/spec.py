@@ -238,6 +238,8 @@ class LinkerSpec:
             raise SpecError(f"{source}: rerank.judge_temperature must be above 0, not {self.rerank.judge_temperature}")
         if not 2 <= self.rerank.judge_candidates <= 10:
             raise SpecError(f"{source}: rerank.judge_candidates must be 2 to 10, not {self.rerank.judge_candidates}")
+        if self.rerank.judge_adapter and not self.rerank.judge:
+            raise SpecError(f"{source}: rerank.judge_adapter needs rerank.judge (--judge), the LLM it was trained on")
         t = self.nil_threshold
         if t is not None and not 0.0 <= t <= 1.0:
             raise SpecError(f"{source}: nil_threshold must be a confidence in [0, 1], not {t}")

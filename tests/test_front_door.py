@@ -123,7 +123,8 @@ def test_every_registered_linker_loads_and_links_the_tiny_kb(tiny_llm, entities_
              "crossencoder": {"candidates": {"encoder": p["encoder"]}, "rerank": {"crossencoder": p["ce"]}},
              "fused": {"candidates": {"encoder": p["encoder"]},
                        "rerank": {"crossencoder": p["ce"], "fusion": p["fusion"], "candidates": 6}},
-             "dense": {"candidates": {"encoder": p["encoder"]}}}
+             "dense": {"candidates": {"encoder": p["encoder"]}},
+             "llm-choice": {"candidates": {"encoder": p["encoder"]}, "rerank": {"judge": str(tiny_llm)}}}
     built = {}
     for name in LINKERS:
         spec = LinkerSpec.from_dict({**base, "linker": name}).merged(extra.get(name, {}))
@@ -133,7 +134,8 @@ def test_every_registered_linker_loads_and_links_the_tiny_kb(tiny_llm, entities_
         assert linker.process_text(rows[1]["text"], rows[1]["mention"]).mention_id == "0"
         assert all(r.confidence is None or 0.0 <= r.confidence <= 1.0 for r in results), name
         built[name] = results
-    assert {"generative", "dim", "pipeline", "retrieval", "bm25", "exact", "fused", "crossencoder"} <= set(built)
+    assert {"generative", "dim", "pipeline", "retrieval", "bm25", "exact", "fused", "crossencoder",
+            "llm-choice"} <= set(built)
     assert built["exact"][1].entity_id == "Q4"                # "Francis Condon" is a KB name
     assert all(r.entity_id for r in built["retrieval"])
 

@@ -117,7 +117,7 @@ def test_a_missing_or_corrupt_judge_adapter_is_named(trained, tiny_llm, tmp_path
     corrupt = tmp_path / "corrupt"
     shutil.copytree(out, corrupt)
     (corrupt / "lora" / "adapter_model.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(GenLinkerError, match="corrupt"):
+    with pytest.raises(GenLinkerError, match="adapter_model.safetensors cannot be loaded"):
         LLMJudge(str(tiny_llm), dtype="float32", adapter=str(corrupt))
 
 
@@ -150,3 +150,56 @@ def test_the_judge_recipe_trains_and_writes_a_card_with_its_learning_curve(tiny_
                                    "hard_shares": 0.5}))
     assert main(["train", "--recipe", str(bad)]) != 0
     assert "unknown key(s) hard_shares" in capsys.readouterr().err
+
+
+def test_a_killed_run_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(tiny_llm, retriever, tmp_path):
+    from dataclasses import replace
+
+    from gen_linker.judge import LLMJudge
+    from gen_linker.judge_training import JudgeTrainConfig, questions, train_judge
+
+    config = JudgeTrainConfig(candidates=4, epochs=2, lr=3e-3, batch_size=2, checkpoint_every=1,
+                              lora={"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]})
+    asked = [q for q in questions(KB, retriever, [Mention.from_dict(r) for r in TRAIN], 4) if q.gold is not None]
+    whole = LLMJudge(str(tiny_llm), dtype="float32")
+    done = train_judge(whole, asked, (), config, tmp_path / "whole", progress=False)
+    killed = train_judge(LLMJudge(str(tiny_llm), dtype="float32"), asked, (), replace(config, max_minutes=0.0),
+                         tmp_path / "run", progress=False)
+    assert killed.stopped_early and killed.steps == 1 < done.steps
+    with pytest.raises(GenLinkerError, match=r"other settings \(lr\)"):
+        train_judge(LLMJudge(str(tiny_llm), dtype="float32"), asked, (), replace(config, lr=1e-2), tmp_path / "run",
+                    progress=False)
+    resumed = LLMJudge(str(tiny_llm), dtype="float32")
+    report = train_judge(resumed, asked, (), config, tmp_path / "run", progress=False)
+    assert report.steps == done.steps and not report.stopped_early
+    texts, sizes = [q.text for q in asked], [len(q.entity_ids) for q in asked]
+    for a, b in zip(resumed.letter_logprobs(texts, sizes), whole.letter_logprobs(texts, sizes)):
+        assert np.allclose(a, b, atol=1e-4)
+
+
+def test_an_adapter_of_another_llm_is_refused_and_a_saved_linker_carries_its_adapter(trained, tiny_llm, tiny_bert,
+                                                                                    tmp_path):
+    import shutil
+
+    from gen_linker import load_linker
+    from gen_linker.judge import LLMJudge
+    from gen_linker.loader import save_linker
+    from gen_linker.spec import LinkerSpec, SpecError
+
+    out = trained[4]
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    (other / "judge.yaml").write_text(yaml.safe_dump({"task": "judge", "base_llm": "some-other-llm"}))
+    with pytest.raises(GenLinkerError, match="trained on some-other-llm"):
+        LLMJudge(str(tiny_llm), dtype="float32", adapter=str(other))
+    with pytest.raises(SpecError, match="judge_adapter needs rerank.judge"):
+        LinkerSpec.from_dict({"linker": "llm-choice", "rerank": {"judge_adapter": str(out)}})
+    spec = LinkerSpec.from_dict({"linker": "llm-choice", "candidates": {"encoder": str(tiny_bert), "encoder_dtype": "float32"},
+                                 "backend": {"dtype": "float32"},
+                                 "rerank": {"judge": str(tiny_llm), "judge_adapter": str(out), "judge_candidates": 4}})
+    folder = tmp_path / "saved"
+    save_linker(spec, folder)
+    assert (folder / "judge_adapter" / "judge.yaml").exists() and (folder / "judge_adapter" / "lora").is_dir()
+    mentions = [Mention.from_dict(r) for r in TEST]
+    assert [r.entity_id for r in load_linker(KB, folder).link(mentions)] == \
+        [r.entity_id for r in load_linker(KB, spec).link(mentions)]
