@@ -227,6 +227,12 @@ def train_judge_recipe(path: str | Path, progress: bool = True) -> tuple[Path, d
     asked = training_questions(data.kb, retriever, data.train, config)
     dev_sample = random.Random(config.seed).sample(data.dev, min(config.dev_mentions, len(data.dev)))
     dev = questions(data.kb, retriever, [m for m in dev_sample if m.gold is not None], config.candidates)
+    from .evaluation import top1
+    from .linkers.baselines import BM25NameLinker
+
+    scored = [q.mention for q in dev]                     # the learning curve's baselines, same mentions
+    baselines = {"bm25": top1(BM25NameLinker(data.kb).link(scored), scored) if scored else None,
+                 "retrieval": float(sum(q.gold == 0 for q in dev) / len(dev)) if dev else None}
     judge = LLMJudge(recipe["llm"], recipe.get("dtype", "auto"))
     report = train_judge(judge, asked, dev, config, output / "training", progress=progress)
     spec = LoraSpec.from_recipe(config.lora)
@@ -238,6 +244,7 @@ def train_judge_recipe(path: str | Path, progress: bool = True) -> tuple[Path, d
             "questions": {"total": len(asked), "gold_not_first": sum(q.gold > 0 for q in asked)},
             "training": asdict(config), "lora": dict(spec.__dict__),
             "report": {k: v for k, v in asdict(report).items() if k not in ("dev_top1", "best_epoch")},
+            "dev_baselines_top1": baselines,
             "training_minutes": report.train_s / 60,                  # over every resumption, dev points included
             "wall_minutes_this_run": (time.perf_counter() - t0) / 60, "created": time.strftime("%Y-%m-%d %H:%M")}
     (output / "judge.yaml").write_text(yaml.safe_dump(card, sort_keys=False))

@@ -145,6 +145,7 @@ def test_the_judge_recipe_trains_and_writes_a_card_with_its_learning_curve(tiny_
     assert card["task"] == "judge" and card["questions"]["total"] <= 4 and card["report"]["steps"] >= 1
     assert [n for n, _ in card["report"]["dev_curve"]] == [2 * i for i in range(card["report"]["steps"] + 1)]
     assert (tmp_path / "out" / "lora" / "adapter_model.safetensors").exists()
+    assert 0.0 <= card["dev_baselines_top1"]["bm25"] <= 1.0 and 0.0 <= card["dev_baselines_top1"]["retrieval"] <= 1.0
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"task": "judge", "kb": "kb.jsonl", "train": "train.jsonl", "llm": str(tiny_llm),
                                    "hard_shares": 0.5}))
