@@ -204,3 +204,22 @@ def test_an_adapter_of_another_llm_is_refused_and_a_saved_linker_carries_its_ada
     mentions = [Mention.from_dict(r) for r in TEST]
     assert [r.entity_id for r in load_linker(KB, folder).link(mentions)] == \
         [r.entity_id for r in load_linker(KB, spec).link(mentions)]
+
+
+def test_llm_choice_asks_fewer_options_when_fewer_are_retrieved_and_honours_the_nil_threshold(trained, tiny_llm,
+                                                                                              tiny_bert):
+    from gen_linker import load_linker
+
+    small = KnowledgeBase.from_entities([Entity.from_dict(e) for e in ENTITIES[:3]])     # 3 entities, 4 options asked
+    spec = {"linker": "llm-choice", "candidates": {"encoder": str(tiny_bert), "encoder_dtype": "float32"},
+            "backend": {"dtype": "float32"}, "rerank": {"judge": str(tiny_llm), "judge_candidates": 4}}
+    mentions = [Mention.from_dict(r) for r in TEST]
+    results = load_linker(small, spec).link(mentions)
+    assert all(1 <= len(r.candidates) <= 3 and r.entity_id in {"Q1", "Q2", "Q3"} for r in results)
+    assert all(np.isclose(sum(np.exp(c.score) for c in r.candidates), 1.0, atol=1e-5) for r in results)
+    threshold = float(np.median([r.confidence for r in results]))
+    nil = load_linker(small, {**spec, "nil_threshold": threshold}).link(mentions)
+    for r, n in zip(results, nil):
+        assert (n.entity_id is None) == (r.confidence < threshold)
+        assert n.entity_id in (None, r.entity_id)
+    assert any(n.entity_id is None for n in nil) and any(n.entity_id for n in nil)
