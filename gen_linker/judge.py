@@ -13,6 +13,7 @@ the one measured here (Qwen2.5-Coder-1.5B-Instruct) from the package registry, c
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -73,10 +74,17 @@ def judged_confidence(scores: Sequence[float], temperature: float = 1.0, mass: f
     return float(mass * np.exp(z.max() - np.logaddexp.reduce(z)))
 
 
+def check_judge(rerank) -> None:
+    """The judge LLM a spec's `rerank` section names is fetched (else: how to fetch it) and its
+    adapter folder, if any, is whole; checked before any model loads."""
+    from .models import resolve_llm
+
+    resolve_llm(rerank.judge)
+    check_adapter(rerank.judge_adapter)
+
+
 def check_adapter(folder: str | None) -> None:
     """A judge adapter folder has its card and LoRA (checked before any model loads)."""
-    from pathlib import Path
-
     if folder:
         for part in ("judge.yaml", "lora/adapter_config.json", "lora/adapter_model.safetensors"):
             if not (Path(folder) / part).exists():
@@ -88,8 +96,6 @@ def load_judge_adapter(model, folder: str, base: str | None = None) -> dict:
     """Merge a trained judge adapter (`judge.yaml` card + PEFT `lora/`) into `model`; its card.
     A missing or unreadable part is an error naming the file, never a silent untrained judge;
     one trained on another LLM than `base` is refused."""
-    from pathlib import Path
-
     import yaml
 
     from .lora import load_lora
@@ -115,8 +121,6 @@ def load_judge_adapter(model, folder: str, base: str | None = None) -> dict:
 
 def _same_llm(a: str, b: str) -> bool:
     """Do two names or folders of an LLM mean the same model (names resolved in the cache)?"""
-    from pathlib import Path
-
     from .models import resolve_llm
 
     def where(name: str) -> str:
@@ -150,11 +154,15 @@ class LLMJudge:
         except (OSError, ValueError) as e:
             raise GenLinkerError(f"the judge LLM {llm} cannot be loaded: {e}") from e
         self.batch_size = batch_size
-        self.adapter = adapter
         if adapter:
             load_judge_adapter(self.model, adapter, llm)
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))
         self.letter_ids = self._letter_ids(llm)
+
+    @classmethod
+    def for_spec(cls, spec) -> "LLMJudge":
+        """The judge a linker spec names (`rerank.judge`, its adapter, the backend's dtype)."""
+        return cls(spec.rerank.judge, spec.backend.dtype, adapter=spec.rerank.judge_adapter)
 
     def _letter_ids(self, llm: str) -> list[int]:
         """The answer letters' token ids as the first answer token: bare after a chat template's
@@ -195,4 +203,4 @@ class LLMJudge:
         return out
 
 
-__all__ = ["LLMJudge", "check_adapter", "combine", "judged_confidence", "load_judge_adapter", "option_line", "options", "question"]
+__all__ = ["LLMJudge", "check_adapter", "check_judge", "combine", "judged_confidence", "load_judge_adapter", "option_line", "options", "question"]

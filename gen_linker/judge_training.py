@@ -29,7 +29,7 @@ import torch
 from .errors import GenLinkerError
 from .judge import LLMJudge, options, question
 from .kb import KnowledgeBase
-from .llm_training import ChoiceReport, _save_checkpoint, start_lora_training
+from .llm_training import ChoiceReport, end_interval, start_lora_training, step_done
 from .schema import Mention
 
 
@@ -151,16 +151,12 @@ def train_judge(judge: LLMJudge, asked: Sequence[Question], dev: Sequence[Questi
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(interval[-10:]):.3f}")
-        report.steps, report.train_s = step, time.perf_counter() - t_start
-        over_time = config.max_minutes is not None and report.train_s > 60 * config.max_minutes
+        over_time = step_done(report, config, step, t_start)
         last = step == total_steps or over_time
-        if step % config.checkpoint_every == 0 or last:
-            report.loss_curve.append(float(np.mean(interval)))
-            interval = []
         if dev and (last or (config.dev_every and step % config.dev_every == 0)):
             dev_point()
-        if out is not None and (step % config.checkpoint_every == 0 or last):
-            _save_checkpoint(out / "checkpoint", params, optimizer, step, report, config)
+        interval = end_interval(report, interval, step % config.checkpoint_every == 0 or last, out, params, optimizer,
+                                step, config)
         if over_time:
             report.stopped_early = True
             break

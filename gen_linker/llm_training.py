@@ -166,12 +166,8 @@ def train_choice(linker, train: Sequence[Mention], dev: Sequence[Mention] = (),
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(interval[-20:]):.3f}")
-        report.steps, report.train_s = step, time.perf_counter() - t_start
-        over_time = config.max_minutes is not None and report.train_s > 60 * config.max_minutes
+        over_time = step_done(report, config, step, t_start)
         end_of_epoch = step % steps_per_epoch == 0 or step == total_steps or over_time
-        if step % config.checkpoint_every == 0 or end_of_epoch:
-            report.loss_curve.append(float(np.mean(interval)))
-            interval = []
         curve_point = bool(config.dev_every) and step % config.dev_every == 0 and not end_of_epoch
         if dev and curve_point:
             model.eval()
@@ -188,8 +184,8 @@ def train_choice(linker, train: Sequence[Mention], dev: Sequence[Mention] = (),
                 report.best_epoch = len(report.dev_top1) - 1
                 if out is not None:
                     _save_weights(out / "best", params)
-        if out is not None and (step % config.checkpoint_every == 0 or end_of_epoch):
-            _save_checkpoint(out / "checkpoint", params, optimizer, step, report, config)
+        interval = end_interval(report, interval, step % config.checkpoint_every == 0 or end_of_epoch, out, params,
+                                optimizer, step, config)
         if over_time:
             report.stopped_early = True
             break
@@ -199,6 +195,26 @@ def train_choice(linker, train: Sequence[Mention], dev: Sequence[Mention] = (),
         _load_weights(out / "best", params)
     report.peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return report
+
+
+def step_done(report: ChoiceReport, config, step: int, t_start: float) -> bool:
+    """Record `step` and the training time so far (over every resumption: `t_start` is moved
+    back by a resumed run's time) in `report`; whether that passes `config.max_minutes`."""
+    report.steps, report.train_s = step, time.perf_counter() - t_start
+    return config.max_minutes is not None and report.train_s > 60 * config.max_minutes
+
+
+def end_interval(report: ChoiceReport, interval: list[float], due: bool, out: Path | None, params, optimizer,
+                 step: int, config) -> list[float]:
+    """At a checkpoint (`due`): the interval's mean loss joins the loss curve, the checkpoint is
+    written to `out/checkpoint` (when there is an `out`) and a new interval starts; otherwise
+    the interval goes on."""
+    if not due:
+        return interval
+    report.loss_curve.append(float(np.mean(interval)))
+    if out is not None:
+        _save_checkpoint(out / "checkpoint", params, optimizer, step, report, config)
+    return []
 
 
 def start_lora_training(model: torch.nn.Module, config, output: str | Path | None, examples: int):
@@ -215,8 +231,9 @@ def start_lora_training(model: torch.nn.Module, config, output: str | Path | Non
     optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=0.0)
     out = Path(output) if output else None
     report, step = ChoiceReport(examples=examples), 0
-    if out is not None and any((out / name / "state.json").exists() for name in ("checkpoint", "checkpoint.old")):
-        step, report = _load_checkpoint(out / "checkpoint", params, optimizer, config)
+    saved = _checkpoint_folder(out / "checkpoint") if out is not None else None
+    if saved is not None:
+        step, report = _load_checkpoint(saved, params, optimizer, config)
     return params, optimizer, out, report, step
 
 
@@ -254,7 +271,7 @@ def _trained_config(config) -> dict:
     return {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
 
 
-def _save_checkpoint(folder: Path, params, optimizer, step: int, report: ChoiceReport, config=None) -> None:
+def _save_checkpoint(folder: Path, params, optimizer, step: int, report: ChoiceReport, config) -> None:
     """The LoRA weights, optimizer, step, report and training config, written whole: into a
     fresh folder renamed over the old one, so a kill mid-write leaves the previous checkpoint."""
     import shutil
@@ -263,7 +280,7 @@ def _save_checkpoint(folder: Path, params, optimizer, step: int, report: ChoiceR
     shutil.rmtree(tmp, ignore_errors=True)
     _save_weights(tmp, params)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    state = {"step": step, "report": asdict(report), "config": _trained_config(config) if config else None}
+    state = {"step": step, "report": asdict(report), "config": _trained_config(config)}
     (tmp / "state.json").write_text(json.dumps(state))
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -272,16 +289,23 @@ def _save_checkpoint(folder: Path, params, optimizer, step: int, report: ChoiceR
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(folder: Path, params, optimizer, config=None) -> tuple[int, ChoiceReport]:
+def _checkpoint_folder(folder: Path) -> Path | None:
+    """Where a killed run's checkpoint is: `folder`, or `folder.old` when the run was killed
+    between `_save_checkpoint`'s two renames; None when there is none."""
+    for candidate in (folder, folder.with_name(folder.name + ".old")):
+        if (candidate / "state.json").exists():
+            return candidate
+    return None
+
+
+def _load_checkpoint(folder: Path, params, optimizer, config) -> tuple[int, ChoiceReport]:
     """A killed run's state; one trained with other settings (other than RESUMABLE_CHANGES) or
-    unreadable is an error naming the folder, not a silent mix of two runs."""
-    if not (folder / "state.json").exists() and folder.with_name(folder.name + ".old").exists():
-        folder = folder.with_name(folder.name + ".old")          # killed between the two renames
+    unreadable is an error naming the folder, not a silent mix of two runs. (A checkpoint from
+    before configs were saved is taken as it is.)"""
     state = json.loads((folder / "state.json").read_text())
-    saved = state.get("config")
-    if config is not None and saved is not None and saved != json.loads(json.dumps(_trained_config(config))):
-        changed = sorted(k for k in set(saved) | set(_trained_config(config))
-                         if saved.get(k) != json.loads(json.dumps(_trained_config(config))).get(k))
+    saved, current = state.get("config"), json.loads(json.dumps(_trained_config(config)))   # as JSON reads back
+    if saved is not None and saved != current:
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         raise GenLinkerError(f"the checkpoint {folder} was trained with other settings ({', '.join(changed)}): "
                              "delete it to start again, or restore the recipe's values")
     try:

@@ -175,12 +175,11 @@ def judge_config(recipe: dict, where: str):
     """A judge recipe's training config: its keys other than JUDGE_KEYS (unknown ones named);
     `llm` is required (a judge LLM: gen-linker get-judge)."""
     from .judge_training import JudgeTrainConfig
-
-    if not recipe.get("llm"):
-        raise GenLinkerError(f"{where}: llm (the judge LLM, e.g. qwen2.5-coder-1.5b-instruct) is required")
     from .lora import LoraSpec
     from .spec import DTYPES
 
+    if not recipe.get("llm"):
+        raise GenLinkerError(f"{where}: llm (the judge LLM, e.g. qwen2.5-coder-1.5b-instruct) is required")
     config = _config(JudgeTrainConfig, {k: v for k, v in recipe.items() if k not in JUDGE_KEYS}, where)
     if not 2 <= config.candidates <= 10 or not 0.0 <= config.hard_share <= 1.0:
         raise GenLinkerError(f"{where}: candidates must be 2 to 10 and hard_share in [0, 1]")

@@ -34,40 +34,30 @@ class ChoiceLinker(LinkerBase):
     @classmethod
     def check_spec(cls, spec, source: str = "linker spec") -> None:
         """A judge LLM is named and fetched (checked before any model loads)."""
-        from ..judge import check_adapter
-        from ..models import resolve_llm
+        from ..judge import check_judge
         from ..spec import SpecError
 
         if not spec.rerank.judge:
             raise SpecError(f"{source}: linker llm-choice needs rerank.judge (--judge): an instruction-tuned LLM, "
                             "e.g. qwen2.5-coder-1.5b-instruct after gen-linker get-judge")
-        resolve_llm(spec.rerank.judge)                   # not fetched: says how to fetch it
-        check_adapter(spec.rerank.judge_adapter)
+        check_judge(spec.rerank)
 
     @classmethod
     def from_spec(cls, spec, parts) -> "ChoiceLinker":
         from ..judge import LLMJudge
 
-        r = spec.rerank
-        return cls(parts.retriever, LLMJudge(r.judge, spec.backend.dtype, adapter=r.judge_adapter),
-                   r.judge_candidates, spec.top_k or 10, parts.descriptions)
+        return cls(parts.retriever, LLMJudge.for_spec(spec), spec.rerank.judge_candidates, spec.top_k or 10,
+                   parts.descriptions)
 
     def link(self, mentions: Sequence[Mention]) -> list[LinkResult]:
         from ..judge import options, question
 
         retrieved = self.retriever.retrieve(list(mentions), max(self.top_k, self.n_options))
-        asked = [i for i, cands in enumerate(retrieved) if cands]
-        tops = [retrieved[i][: self.n_options] for i in asked]
-        texts = [question(mentions[i], options(self.kb, [c.entity_id for c in top], self.descriptions))
-                 for i, top in zip(asked, tops)]
-        answers = dict(zip(asked, self.judge.letter_logprobs(texts, [len(top) for top in tops])))
-        results = []
-        for i, m in enumerate(mentions):
-            if i not in answers:
-                results.append(LinkResult(m.id, None, None, None, [], self.name))
-                continue
-            results.append(self._result(m, retrieved[i], answers[i]))
-        return results
+        asked = [(m, cands[: self.n_options]) for m, cands in zip(mentions, retrieved) if cands]
+        texts = [question(m, options(self.kb, [c.entity_id for c in top], self.descriptions)) for m, top in asked]
+        answers = iter(self.judge.letter_logprobs(texts, [len(top) for _, top in asked]))
+        return [self._result(m, cands, next(answers)) if cands else LinkResult(m.id, None, None, None, [], self.name)
+                for m, cands in zip(mentions, retrieved)]                     # no candidate: NIL
 
     def _result(self, mention: Mention, cands: list[Candidate], logprobs: np.ndarray) -> LinkResult:
         """The judged options by log-probability, then the rest below them in retrieval order."""

@@ -150,11 +150,9 @@ class FusedLinker(LinkerBase):
             raise SpecError(f"{source}: linker 'fused' needs rerank.fusion (--fusion FOLDER): a fusion model trained "
                             "with gen-linker train-fusion")
         if spec.rerank.judge:                      # a judge not fetched yet fails before anything loads
-            from ..judge import check_adapter
-            from ..models import resolve_llm
+            from ..judge import check_judge
 
-            resolve_llm(spec.rerank.judge)
-            check_adapter(spec.rerank.judge_adapter)
+            check_judge(spec.rerank)
 
     @classmethod
     def from_spec(cls, spec, parts, fusion=None, rerankers: Sequence[str] | None = None) -> "FusedLinker":
@@ -182,7 +180,7 @@ class FusedLinker(LinkerBase):
         if r.judge and fusion is not None:
             from ..judge import LLMJudge
 
-            judge = LLMJudge(r.judge, spec.backend.dtype, adapter=r.judge_adapter)
+            judge = LLMJudge.for_spec(spec)
         return cls(parts.kb, parts.retriever, fusion, ce, llm, dim, parts.pool, parts.descriptions,
                    r.candidates, r.llm_candidates, spec.top_k or 10, wanted, judge, r)
 
