@@ -204,6 +204,32 @@ def same_spec(written: str | None, spec_text: str) -> bool:
         return False
 
 
+def artefact_stamp(spec) -> dict[str, list[int]]:
+    """Per path the spec names (a trained adapter, a fusion folder, demonstrations...): its files'
+    count, total size and latest modification time. Retraining an adapter in place leaves the
+    spec's text as it was; this stamp is what tells compare that the run's output is stale."""
+    from .spec import PATH_KEYS, _is_model_name
+
+    stamp = {}
+    for key in PATH_KEYS:
+        value = spec.get(key)
+        path = Path(value).expanduser() if value and not _is_model_name(key, value) else None
+        if path is None or not path.exists():
+            continue
+        files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+        stats = [f.stat() for f in files]
+        stamp[key] = [len(stats), sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)]
+    return stamp
+
+
+def stale_artefacts(recorded: dict | None, stamp: dict) -> list[str]:
+    """The spec keys whose files changed since a run recorded its stamp (none when it recorded
+    none: runs written before stamps are kept)."""
+    if recorded is None:
+        return []
+    return sorted(k for k in set(recorded) | set(stamp) if recorded.get(k) != stamp.get(k))
+
+
 def run_one(suite: Suite, run: Run, kb_path: Path, mentions_path: Path, n_mentions: int,
             progress: bool = True) -> dict:
     """Link one run in a process of its own unless its predictions are complete; its metadata."""
@@ -212,14 +238,22 @@ def run_one(suite: Suite, run: Run, kb_path: Path, mentions_path: Path, n_mentio
     spec_text = run.spec.to_yaml()
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     written = spec_path.read_text() if spec_path.exists() else None     # the spec the output was made with
+    stamp = artefact_stamp(run.spec)
+    changed = stale_artefacts(meta.get("artefacts"), stamp) if out.exists() else []
     if out.exists() and not same_spec(written, spec_text):
         print(f"compare: {run.name}: its spec changed since {out} was written: linking it again", file=sys.stderr)
+        out.unlink()
+        meta = {}
+    elif changed:
+        print(f"compare: {run.name}: the files of {', '.join(changed)} changed since {out} was written: "
+              "linking it again", file=sys.stderr)
         out.unlink()
         meta = {}
     done = sum(1 for _ in out.open()) if out.exists() else 0
     if done >= n_mentions and meta.get("complete"):
         return meta
     spec_path.write_text(spec_text)
+    meta_path.write_text(json.dumps({"artefacts": stamp, "complete": False}) + "\n")   # a resumed run checks it
     cmd = [sys.executable, "-m", "gen_linker.compare", str(spec_path), str(kb_path), str(mentions_path), str(out)]
     if not progress:
         cmd.append("--no-progress")
@@ -229,7 +263,7 @@ def run_one(suite: Suite, run: Run, kb_path: Path, mentions_path: Path, n_mentio
         raise GenLinkerError(f"compare: run {run.name!r} failed (exit {proc.returncode}); its partial output "
                              f"{out} is kept and a rerun continues it")
     child = json.loads(proc.stdout.strip().splitlines()[-1])
-    meta = {**child, "spec": spec_text, "complete": True, "date": time.strftime("%Y-%m-%d")}
+    meta = {**child, "spec": spec_text, "artefacts": stamp, "complete": True, "date": time.strftime("%Y-%m-%d")}
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 

@@ -92,22 +92,38 @@ def check_adapter(folder: str | None) -> None:
                                      "with gen-linker train --recipe adapters/wikimel-judge.yaml)")
 
 
-def load_judge_adapter(model, folder: str, base: str | None = None) -> dict:
-    """Merge a trained judge adapter (`judge.yaml` card + PEFT `lora/`) into `model`; its card.
-    A missing or unreadable part is an error naming the file, never a silent untrained judge;
-    one trained on another LLM than `base` is refused."""
+def read_adapter_card(folder: str | Path) -> dict:
+    """A judge adapter's card (`judge.yaml`), checked to be a judge's; errors name the file."""
     import yaml
 
-    from .lora import load_lora
-
-    check_adapter(folder)
-    card_path, lora = Path(folder) / "judge.yaml", Path(folder) / "lora"
+    check_adapter(str(folder))
+    card_path = Path(folder) / "judge.yaml"
     try:
         card = yaml.safe_load(card_path.read_text())
     except yaml.YAMLError as e:
         raise GenLinkerError(f"judge adapter {folder}: {card_path} is not valid YAML: {e}") from e
     if not isinstance(card, dict) or card.get("task") != "judge":
         raise GenLinkerError(f"judge adapter {folder}: {card_path} is not a judge adapter's card (task: judge)")
+    return card
+
+
+def adapter_base_llm(folder: str | Path) -> str:
+    """The LLM a judge adapter was trained on, as its card names it (so `--judge-adapter` alone
+    is enough)."""
+    base = read_adapter_card(folder).get("base_llm")
+    if not base:
+        raise GenLinkerError(f"judge adapter {folder}: {Path(folder) / 'judge.yaml'} names no base_llm; "
+                             "give the judge LLM with --judge")
+    return str(base)
+
+
+def load_judge_adapter(model, folder: str, base: str | None = None) -> dict:
+    """Merge a trained judge adapter (`judge.yaml` card + PEFT `lora/`) into `model`; its card.
+    A missing or unreadable part is an error naming the file, never a silent untrained judge;
+    one trained on another LLM than `base` is refused."""
+    from .lora import load_lora
+
+    card, lora = read_adapter_card(folder), Path(folder) / "lora"
     if base is not None and card.get("base_llm") and not _same_llm(card["base_llm"], base):
         raise GenLinkerError(f"judge adapter {folder} was trained on {card['base_llm']}, not on the judge {base}")
     try:

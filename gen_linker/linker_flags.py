@@ -89,7 +89,8 @@ FLAGS: list[tuple[str, str, dict, str]] = [
     ("--judge-temperature", "rerank.judge_temperature", {"type": float},
      "fused: temperature of the judged answers' confidence (chosen on dev)"),
     ("--judge-adapter", "rerank.judge_adapter", {"type": str},
-     "the judge's LoRA folder (gen-linker train --recipe adapters/wikimel-judge.yaml); fused and llm-choice"),
+     "the judge's LoRA folder (gen-linker train --recipe adapters/wikimel-judge.yaml); fused and llm-choice; "
+     "without --judge, the judge is the LLM its card names"),
     ("--margin", "pipeline.margin", {"type": float},
      "pipeline: DIM also decides when the best generated name beats the next by less than this many nats "
      "(choose it on dev: linkers.pipeline.tune_margin; 0: only unusable or ambiguous generations fall back)"),
@@ -134,4 +135,8 @@ def spec_from_args(args: argparse.Namespace, base: LinkerSpec | None = None) -> 
         value = getattr(args, _dest(key), None)
         if value is not None:
             overrides[key] = str(value) if isinstance(value, Path) else value
+    if overrides.get("rerank.judge_adapter") and not (overrides.get("rerank.judge") or spec.get("rerank.judge")):
+        from .judge import adapter_base_llm
+
+        overrides["rerank.judge"] = adapter_base_llm(overrides["rerank.judge_adapter"])   # the LLM it was trained on
     return spec.merged(overrides, source="flags")

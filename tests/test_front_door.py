@@ -261,6 +261,32 @@ def test_compare_writes_its_table_and_resumes_a_killed_run(tmp_path, tiny_llm, e
     assert json.loads((tmp_path / "results" / "tiny.json").read_text())["rows"][:2] == data["rows"][:2]
 
 
+def test_compare_links_again_a_run_whose_artefact_files_changed(tmp_path, tiny_llm, entities_file, train_file,
+                                                                  test_file, capsys):
+    """Retraining an adapter in place keeps the spec's text; the files' stamp tells compare the
+    committed output is the old model's. Unchanged files: nothing is linked again."""
+    suite = tiny_suite(tmp_path, tiny_llm, entities_file, train_file, test_file)
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text(train_file.read_text())
+    data = yaml.safe_load(suite.read_text())
+    data["base"]["generative"]["demos"] = str(demos)
+    data["runs"] = [r for r in data["runs"] if r["name"] == "gen"]
+    suite.write_text(yaml.safe_dump(data))
+    assert main(["compare", "--suite", str(suite), "--no-progress"]) == 0
+    meta_path = tmp_path / "runs" / "gen.meta.json"
+    first = json.loads(meta_path.read_text())
+    assert first["artefacts"]["generative.demos"][:2] == [1, len(demos.read_bytes())]
+    assert main(["compare", "--suite", str(suite), "--no-progress"]) == 0
+    assert json.loads(meta_path.read_text()) == first                      # nothing changed: kept
+    lines = demos.read_text().splitlines(keepends=True)
+    demos.write_text("".join(lines[:-1]))                                   # "retrained": one demonstration fewer
+    capsys.readouterr()
+    assert main(["compare", "--suite", str(suite), "--no-progress"]) == 0
+    assert "the files of generative.demos changed" in capsys.readouterr().err
+    again = json.loads(meta_path.read_text())
+    assert again["linked_now"] == 4 and again["resumed"] == 0 and again["artefacts"] != first["artefacts"]
+
+
 def test_a_suite_with_a_bad_run_fails_before_linking(tmp_path, tiny_llm, entities_file, train_file, test_file):
     suite = tiny_suite(tmp_path, tiny_llm, entities_file, train_file, test_file)
     data = yaml.safe_load(suite.read_text())

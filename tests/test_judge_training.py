@@ -223,3 +223,27 @@ def test_llm_choice_asks_fewer_options_when_fewer_are_retrieved_and_honours_the_
         assert (n.entity_id is None) == (r.confidence < threshold)
         assert n.entity_id in (None, r.entity_id)
     assert any(n.entity_id is None for n in nil) and any(n.entity_id for n in nil)
+
+
+def test_judge_adapter_alone_names_its_judge_from_its_card(trained, tiny_llm, tmp_path):
+    import argparse
+    import shutil
+
+    from gen_linker.linker_flags import add_linker_flags, spec_from_args
+
+    parser = argparse.ArgumentParser()
+    add_linker_flags(parser)
+    out = trained[4]
+    spec = spec_from_args(parser.parse_args(["--linker", "llm-choice", "--judge-adapter", str(out)]))
+    assert spec.rerank.judge == str(tiny_llm) and spec.rerank.judge_adapter == str(out)
+    given = spec_from_args(parser.parse_args(["--linker", "llm-choice", "--judge-adapter", str(out),
+                                              "--judge", "another-llm"]))
+    assert given.rerank.judge == "another-llm"                        # --judge given: kept (checked at load)
+    bare = tmp_path / "bare"
+    shutil.copytree(out, bare)
+    (bare / "judge.yaml").write_text(yaml.safe_dump({"task": "judge"}))
+    with pytest.raises(GenLinkerError, match="names no base_llm"):
+        spec_from_args(parser.parse_args(["--linker", "llm-choice", "--judge-adapter", str(bare)]))
+    (bare / "judge.yaml").unlink()
+    with pytest.raises(GenLinkerError, match="judge.yaml is missing"):
+        spec_from_args(parser.parse_args(["--linker", "llm-choice", "--judge-adapter", str(bare)]))
