@@ -224,7 +224,7 @@ def artefact_stamp(spec) -> dict[str, list[int]]:
 
 def stale_artefacts(recorded: dict | None, stamp: dict) -> list[str]:
     """The spec keys whose files changed since a run recorded its stamp (none when it recorded
-    none: runs written before stamps are kept)."""
+    none: a run written before stamps is kept, and stamped with the files as they are now)."""
     if recorded is None:
         return []
     return sorted(k for k in set(recorded) | set(stamp) if recorded.get(k) != stamp.get(k))
@@ -251,6 +251,9 @@ def run_one(suite: Suite, run: Run, kb_path: Path, mentions_path: Path, n_mentio
         meta = {}
     done = sum(1 for _ in out.open()) if out.exists() else 0
     if done >= n_mentions and meta.get("complete"):
+        if "artefacts" not in meta:              # written before stamps: trusted once, stamped from now on
+            meta["artefacts"] = stamp
+            meta_path.write_text(json.dumps(meta, indent=1) + "\n")
         return meta
     spec_path.write_text(spec_text)
     meta_path.write_text(json.dumps({"artefacts": stamp, "complete": False}) + "\n")   # a resumed run checks it

@@ -278,6 +278,10 @@ def test_compare_links_again_a_run_whose_artefact_files_changed(tmp_path, tiny_l
     assert first["artefacts"]["generative.demos"][:2] == [1, len(demos.read_bytes())]
     assert main(["compare", "--suite", str(suite), "--no-progress"]) == 0
     assert json.loads(meta_path.read_text()) == first                      # nothing changed: kept
+    unstamped = {k: v for k, v in first.items() if k != "artefacts"}       # a run written before stamps
+    meta_path.write_text(json.dumps(unstamped))
+    assert main(["compare", "--suite", str(suite), "--no-progress"]) == 0
+    assert json.loads(meta_path.read_text()) == first                      # kept, and stamped as it is now
     lines = demos.read_text().splitlines(keepends=True)
     demos.write_text("".join(lines[:-1]))                                   # "retrained": one demonstration fewer
     capsys.readouterr()
