@@ -239,14 +239,13 @@ def run_one(suite: Suite, run: Run, kb_path: Path, mentions_path: Path, n_mentio
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     written = spec_path.read_text() if spec_path.exists() else None     # the spec the output was made with
     stamp = artefact_stamp(run.spec)
-    changed = stale_artefacts(meta.get("artefacts"), stamp) if out.exists() else []
-    if out.exists() and not same_spec(written, spec_text):
-        print(f"compare: {run.name}: its spec changed since {out} was written: linking it again", file=sys.stderr)
-        out.unlink()
-        meta = {}
-    elif changed:
-        print(f"compare: {run.name}: the files of {', '.join(changed)} changed since {out} was written: "
-              "linking it again", file=sys.stderr)
+    stale = None
+    if out.exists():
+        changed = stale_artefacts(meta.get("artefacts"), stamp)
+        stale = ("its spec" if not same_spec(written, spec_text) else
+                 f"the files of {', '.join(changed)}" if changed else None)
+    if stale:
+        print(f"compare: {run.name}: {stale} changed since {out} was written: linking it again", file=sys.stderr)
         out.unlink()
         meta = {}
     done = sum(1 for _ in out.open()) if out.exists() else 0

@@ -29,7 +29,7 @@ import torch
 from .errors import GenLinkerError
 from .judge import LLMJudge, options, question
 from .kb import KnowledgeBase
-from .llm_training import ChoiceReport, end_interval, start_lora_training, step_done
+from .llm_training import ChoiceReport, batch_at, end_interval, start_lora_training, step_counts, step_done
 from .schema import Mention
 
 
@@ -127,19 +127,14 @@ def train_judge(judge: LLMJudge, asked: Sequence[Question], dev: Sequence[Questi
             report.dev_curve.append((step * config.batch_size, alone_top1(judge, dev)))
         model.train()
 
-    steps_per_epoch = (len(asked) + config.batch_size - 1) // config.batch_size
-    total_steps = steps_per_epoch * config.epochs
+    _, total_steps = step_counts(len(asked), config)
     if dev and step == 0:
         dev_point()                                               # the untrained LLM: the curve's start
     t_start, interval = time.perf_counter() - report.train_s, []
     bar = tqdm(total=total_steps, initial=step, desc="LoRA (judge)", unit="step", disable=not progress)
     model.train()
     while step < total_steps:
-        epoch = step // steps_per_epoch
-        order = list(range(len(asked)))
-        random.Random(config.seed * 1000 + epoch).shuffle(order)     # seeded: a resumed run sees the same order
-        i = step % steps_per_epoch
-        chunk = order[i * config.batch_size: (i + 1) * config.batch_size]
+        chunk = batch_at(step, len(asked), config)
         total = 0.0
         for j in chunk:                                           # one question per forward pass
             loss = _loss(judge, asked[j])

@@ -136,19 +136,14 @@ def train_choice(linker, train: Sequence[Mention], dev: Sequence[Mention] = (),
     demos = linker.retriever.retrieve(examples, config.num_demos) if config.num_demos else [[] for _ in examples]
     demos = [d[len(d) - n:] if n else [] for d, n in zip(demos, n_demos)]     # the n closest
     encoded = [_example_ids(linker, m, d, lines) for m, d, lines in zip(examples, demos, lists)]
-    steps_per_epoch = (len(encoded) + config.batch_size - 1) // config.batch_size
-    total_steps = steps_per_epoch * config.epochs
+    steps_per_epoch, total_steps = step_counts(len(encoded), config)
     pad = linker.backend.tokenizer.pad_token_id
     pad = pad if pad is not None else linker.end_token
     t_start, interval = time.perf_counter() - report.train_s, []
     bar = tqdm(total=total_steps, initial=step, desc="LoRA (choose)", unit="step", disable=not progress)
     model.train()
     while step < total_steps:
-        epoch = step // steps_per_epoch
-        order = list(range(len(encoded)))
-        random.Random(config.seed * 1000 + epoch).shuffle(order)
-        i = step % steps_per_epoch
-        chunk = order[i * config.batch_size: (i + 1) * config.batch_size]
+        chunk = batch_at(step, len(encoded), config)
         chunk.sort(key=lambda j: len(encoded[j][0]))
         lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup)) * max(0.05, 1 - step / max(1, total_steps))
         for g in optimizer.param_groups:
@@ -195,6 +190,22 @@ def train_choice(linker, train: Sequence[Mention], dev: Sequence[Mention] = (),
         _load_weights(out / "best", params)
     report.peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return report
+
+
+def step_counts(n_examples: int, config) -> tuple[int, int]:
+    """Optimizer steps per epoch and in all, `config.batch_size` examples per step."""
+    per_epoch = (n_examples + config.batch_size - 1) // config.batch_size
+    return per_epoch, per_epoch * config.epochs
+
+
+def batch_at(step: int, n_examples: int, config) -> list[int]:
+    """The example indices of optimizer step `step`: each epoch a seeded shuffle, so a resumed
+    run sees the same batches as an uninterrupted one."""
+    per_epoch, _ = step_counts(n_examples, config)
+    order = list(range(n_examples))
+    random.Random(config.seed * 1000 + step // per_epoch).shuffle(order)
+    i = step % per_epoch
+    return order[i * config.batch_size: (i + 1) * config.batch_size]
 
 
 def step_done(report: ChoiceReport, config, step: int, t_start: float) -> bool:
